@@ -1,0 +1,43 @@
+# The two commands of the README: `make demo` and `make test`. Both create the venv when it is missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv sysdeps lint generate-check bench lock clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## System packages the tests need (OpenSSH's sshd); installed with apt when absent.
+sysdeps:
+	@bash .ci/system-deps
+
+demo: venv
+	$(BIN)/elt demo
+
+test: venv sysdeps
+	$(BIN)/elt generate --check
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check loaders tests
+	$(BIN)/ruff format --check loaders tests
+	$(BIN)/mypy
+
+generate-check: venv
+	$(BIN)/elt generate --check
+
+## Refresh the lock (constraints.txt) after changing pyproject.toml.
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip freeze --exclude-editable > constraints.txt
+
+clean:
+	rm -rf target warehouse .pytest_cache

@@ -1,0 +1,230 @@
+"""dlt source for ASAPP Messaging exports on SFTP.
+
+Layout: BASE_PATH/FEED/version=V/format=F/dt=YYYY-MM-DD/hr=HH/mi=MM/FEED.jsonl[.NN][.gz][.enc] plus an empty
+_SUCCESS flag once the partition is complete. One resource (and raw table) per feed; a partition is read only
+when its _SUCCESS exists, and is remembered in dlt state in the same load package as its rows, so it is loaded
+exactly once. Only dt folders from (last loaded dt - lookback) on are listed, so a run with nothing new costs
+the same after a week or after a year of history.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import dlt
+import pyarrow as pa
+from dlt.common.schema.typing import TColumnSchema
+from dlt.common.typing import TSecretStrValue
+from dlt.sources import DltResource
+
+from loaders.asapp_sftp import settings
+from loaders.asapp_sftp.helpers import (
+    Partition,
+    PartitionReader,
+    SftpError,
+    connect_sftp,
+    list_partitions,
+)
+
+log = logging.getLogger(__name__)
+
+# Lineage timestamps are UTC without a zone, like the export's own timestamps once staged.
+LINEAGE_HINTS: dict[str, TColumnSchema] = {
+    "_asapp_feed": {"data_type": "text"},
+    "_asapp_version": {"data_type": "text"},
+    "_asapp_partition_at": {"data_type": "timestamp", "timezone": False},
+    "_asapp_file": {"data_type": "text"},
+    "_asapp_split": {"data_type": "bigint"},
+    "_asapp_line": {"data_type": "bigint"},
+    "_asapp_loaded_at": {"data_type": "timestamp", "timezone": False},
+}
+
+
+@dataclass
+class FeedStats:
+    partitions_loaded: int = 0
+    partitions_waiting: int = 0
+    files: int = 0
+    bytes: int = 0
+    rows: int = 0
+    waiting: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LoadStats:
+    """Filled while the source runs; the CLI prints it as the run summary."""
+
+    feeds: dict[str, FeedStats] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+    def feed(self, name: str) -> FeedStats:
+        return self.feeds.setdefault(name, FeedStats())
+
+
+class _Session:
+    """One SSH connection shared by the feed resources, closed when the last of them finishes."""
+
+    def __init__(self, client: Any, users: int) -> None:
+        self.client = client
+        self.sftp = client.open_sftp()
+        self.users = users
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users <= 0:
+            self.sftp.close()
+            self.client.close()
+
+
+def _feed_state(feed: str) -> dict[str, Any]:
+    state = dlt.current.source_state().setdefault("feeds", {})
+    return state.setdefault(feed, {"loaded": {}, "waiting": {}, "max_dt": None})
+
+
+def _listing_start(feed_state: dict[str, Any], since: date | None, lookback_days: int) -> date | None:
+    """The first dt folder worth listing: the last loaded dt minus the lookback, or an older waiting one."""
+    starts: list[date] = []
+    if feed_state.get("max_dt"):
+        starts.append(date.fromisoformat(feed_state["max_dt"]) - timedelta(days=lookback_days))
+        starts += [date.fromisoformat(k.split("dt=")[1][:10]) for k in feed_state.get("waiting", {})]
+        start = min(starts)
+        return max(start, since) if since else start
+    return since
+
+
+def _feed_partitions(
+    session: _Session,
+    base_path: str,
+    feed: str,
+    since: date | None,
+    lookback_days: int,
+    stats: LoadStats,
+) -> Iterator[pa.RecordBatch]:
+    try:
+        state = _feed_state(feed)
+        start = _listing_start(state, since, lookback_days)
+        listing = list_partitions(session.sftp, base_path, feed, start, skip=set(state["loaded"]))
+        fstats = stats.feed(feed)
+        stats.ignored += listing.ignored
+        for name in listing.ignored:
+            log.warning("ignored %s: not part of ASAPP's export layout", name)
+        first_seen = state.get("waiting", {})
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        state["waiting"] = {p.key: first_seen.get(p.key, now) for p in listing.waiting}
+        fstats.partitions_waiting = len(listing.waiting)
+        fstats.waiting = [p.key for p in listing.waiting]
+        for p in listing.waiting:
+            log.info("%s %s: no _SUCCESS yet, will be loaded by a later run", feed, p.key)
+        reader = PartitionReader(session.sftp)
+        try:
+            for partition, files in listing.ready:
+                yield from _read_partition(reader, partition, files, fstats)
+                # Recorded in the same load package as the rows: both are committed, or neither.
+                state["loaded"][partition.key] = datetime.now(UTC).isoformat(timespec="seconds")
+                if state["max_dt"] is None or partition.dt > state["max_dt"]:
+                    state["max_dt"] = partition.dt
+                fstats.partitions_loaded += 1
+        finally:
+            reader.close()
+        _prune(state, lookback_days)
+    finally:
+        session.release()
+
+
+def _read_partition(
+    reader: PartitionReader,
+    partition: Partition,
+    files: list[Any],
+    fstats: FeedStats,
+) -> Iterator[pa.RecordBatch]:
+    encrypted = [f.name for f in files if f.encrypted]
+    if encrypted:
+        raise SftpError(f"{partition.path}: encrypted files {encrypted} need a decryptor, which is not configured")
+    paths = reader.download(partition, files)
+    loaded_at = datetime.now(UTC)
+    for batch in reader.read(partition, files, paths, loaded_at):
+        fstats.rows += batch.num_rows
+        yield batch
+    fstats.files += len(files)
+    fstats.bytes += sum(f.size for f in files)
+    log.info("%s %s: %d file(s) read", partition.feed, partition.key, len(files))
+
+
+def _prune(state: dict[str, Any], lookback_days: int) -> None:
+    """Forget loaded partitions older than the listing window: those dt folders are never listed again."""
+    if not state.get("max_dt"):
+        return
+    horizon = (date.fromisoformat(state["max_dt"]) - timedelta(days=lookback_days)).isoformat()
+    state["loaded"] = {k: v for k, v in state["loaded"].items() if k.split("dt=")[1][:10] >= horizon}
+
+
+@dlt.source(name="asapp_sftp", section="asapp_sftp", max_table_nesting=0)
+def asapp_sftp(
+    host: str = dlt.config.value,
+    username: str = dlt.config.value,
+    private_key_path: str = dlt.config.value,
+    known_hosts_path: str | None = dlt.config.value,
+    private_key_passphrase: TSecretStrValue | None = dlt.secrets.value,
+    port: int = 22,
+    base_path: str = "/",
+    feeds: Sequence[str] | None = None,
+    since: str | None = None,
+    lookback_days: int = settings.DEFAULT_LOOKBACK_DAYS,
+    accept_unknown_host: bool = False,
+    stats: Any = None,
+) -> list[DltResource]:
+    """ASAPP Messaging feeds on SFTP, one append-only raw table per feed.
+
+    Args:
+        host, port, username: the SFTP server (ASAPP: prod-data-sftp.asapp.com, 22, sftp<company>).
+        private_key_path, private_key_passphrase: the key whose public half ASAPP holds.
+        known_hosts_path: known_hosts with the server's host key; unknown or changed keys are refused.
+        base_path: folder holding the feed folders.
+        feeds: feeds to load (default: every feed folder found).
+        since: ignore partitions with dt before this date (YYYY-MM-DD).
+        lookback_days: how many days before the last loaded dt are listed again for late partitions.
+        accept_unknown_host: trust an unknown host key (never by default).
+        stats: a LoadStats to fill with the run's counts.
+    """
+    since_date = date.fromisoformat(since) if since else None
+    run_stats: LoadStats = stats if stats is not None else LoadStats()
+    client = connect_sftp(
+        host,
+        int(port),
+        username,
+        private_key_path,
+        known_hosts_path,
+        private_key_passphrase=private_key_passphrase,
+        accept_unknown_host=accept_unknown_host,
+    )
+    try:
+        sftp = client.open_sftp()
+        try:
+            available = sorted(e.filename for e in sftp.listdir_attr(base_path) if settings.FEED_NAME.match(e.filename))
+        except FileNotFoundError as e:
+            raise SftpError(f"base path {base_path!r} does not exist on {host}") from e
+        finally:
+            sftp.close()
+    except BaseException:
+        client.close()
+        raise
+    selected = available if not feeds else [f for f in available if f in set(feeds)]
+    for missing in sorted(set(feeds or []) - set(available)):
+        log.warning("feed %s has no folder under %s on %s: nothing to load for it yet", missing, base_path, host)
+    session = _Session(client, users=len(selected))
+    if not selected:
+        session.release()
+    return [
+        dlt.resource(
+            _feed_partitions(session, base_path, feed, since_date, lookback_days, run_stats),
+            name=feed,
+            table_name=feed,
+            write_disposition="append",
+            columns=LINEAGE_HINTS,
+        )
+        for feed in selected
+    ]

@@ -1,0 +1,269 @@
+"""SFTP access (paramiko, verified host keys) and reading export files into Arrow with DuckDB."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path, PurePosixPath
+
+import duckdb
+import paramiko
+import pyarrow as pa
+
+from loaders.asapp_sftp import settings
+
+log = logging.getLogger(__name__)
+
+
+class SftpError(RuntimeError):
+    """A problem the user can fix (configuration, keys, server): the message says how."""
+
+
+def connect_sftp(
+    host: str,
+    port: int,
+    username: str,
+    private_key_path: str,
+    known_hosts_path: str | None,
+    private_key_passphrase: str | None = None,
+    accept_unknown_host: bool = False,
+    timeout: float = 30.0,
+) -> paramiko.SSHClient:
+    """Open an SSH connection whose host key is checked against known_hosts; unknown hosts are refused."""
+    client = paramiko.SSHClient()
+    if known_hosts_path:
+        kh = Path(known_hosts_path).expanduser()
+        if not kh.exists():
+            raise SftpError(
+                f"known_hosts file {kh} does not exist: create it with "
+                f"`ssh-keyscan -p {port} {host} > {kh}` after checking the fingerprint with ASAPP"
+            )
+        client.load_host_keys(str(kh))
+    else:
+        client.load_system_host_keys()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy() if accept_unknown_host else paramiko.RejectPolicy())
+    key_path = Path(private_key_path).expanduser()
+    if not key_path.exists():
+        raise SftpError(f"private key {key_path} does not exist (SOURCES__ASAPP_SFTP__PRIVATE_KEY_PATH)")
+    try:
+        pkey = paramiko.PKey.from_path(key_path, password=private_key_passphrase)
+    except paramiko.PasswordRequiredException as e:
+        raise SftpError(f"private key {key_path} is encrypted: set SOURCES__ASAPP_SFTP__PRIVATE_KEY_PASSPHRASE") from e
+    except paramiko.SSHException as e:
+        raise SftpError(f"cannot read private key {key_path}: {e}") from e
+    try:
+        client.connect(
+            hostname=host,
+            port=port,
+            username=username,
+            pkey=pkey,
+            look_for_keys=False,
+            allow_agent=False,
+            timeout=timeout,
+            banner_timeout=timeout,
+            auth_timeout=timeout,
+        )
+    except paramiko.BadHostKeyException as e:
+        raise SftpError(
+            f"host key of {host}:{port} does not match the one in {known_hosts_path or 'known_hosts'}: "
+            f"the server changed its key or someone is in between. Verify the new fingerprint with ASAPP "
+            f"before replacing the entry."
+        ) from e
+    except paramiko.AuthenticationException as e:
+        raise SftpError(
+            f"authentication failed for user {username!r} at {host}:{port} with key {key_path}: "
+            f"check the username and that ASAPP has the matching public key"
+        ) from e
+    except paramiko.SSHException as e:
+        if "not found in known_hosts" in str(e):
+            where = known_hosts_path or "~/.ssh/known_hosts"
+            hostspec = host if port == 22 else f"[{host}]:{port}"
+            raise SftpError(
+                f"host key of {hostspec} is not in {where}: unknown hosts are refused. Check the fingerprint "
+                f"with ASAPP, then add it: ssh-keyscan -p {port} {host} >> {where}"
+            ) from e
+        raise SftpError(f"SSH error with {host}:{port}: {e}") from e
+    except OSError as e:
+        raise SftpError(f"cannot reach {host}:{port}: {e}") from e
+    return client
+
+
+@dataclass(frozen=True)
+class Partition:
+    feed: str
+    version: str
+    format: str
+    dt: str
+    hr: str
+    mi: str
+    path: str  # remote directory
+
+    @property
+    def key(self) -> str:
+        return f"version={self.version}/format={self.format}/dt={self.dt}/hr={self.hr}/mi={self.mi}"
+
+    @property
+    def at(self) -> datetime:
+        return datetime.strptime(f"{self.dt} {self.hr}:{self.mi}", "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class DataFile:
+    name: str
+    split: int | None
+    gzip: bool
+    encrypted: bool
+    size: int
+
+
+@dataclass
+class Listing:
+    ready: list[tuple[Partition, list[DataFile]]] = field(default_factory=list)
+    waiting: list[Partition] = field(default_factory=list)  # no _SUCCESS yet
+    ignored: list[str] = field(default_factory=list)  # names that do not follow the documented layout
+
+
+def _dirs(
+    sftp: paramiko.SFTPClient, path: str, pattern: settings.re.Pattern[str], listing: Listing
+) -> list[tuple[str, str]]:
+    """(value, name) of the sub-folders of path whose name matches pattern, sorted by value."""
+    found = []
+    for entry in sftp.listdir_attr(path):
+        m = pattern.match(entry.filename)
+        if m:
+            found.append((m.group("value"), entry.filename))
+        elif not entry.filename.startswith("."):
+            listing.ignored.append(f"{path}/{entry.filename}")
+    return sorted(found)
+
+
+def list_partitions(
+    sftp: paramiko.SFTPClient,
+    base_path: str,
+    feed: str,
+    since: date | None,
+    skip: set[str],
+) -> Listing:
+    """Partitions of a feed with dt >= since, not in skip, split into ready (_SUCCESS present) and waiting."""
+    listing = Listing()
+    feed_path = str(PurePosixPath(base_path) / feed)
+    file_re = settings.data_file_pattern(feed)
+    for version, vname in _dirs(sftp, feed_path, settings.VERSION_DIR, listing):
+        for fmt, fname in _dirs(sftp, f"{feed_path}/{vname}", settings.FORMAT_DIR, listing):
+            if fmt not in settings.SUPPORTED_FORMATS:
+                listing.ignored.append(f"{feed_path}/{vname}/{fname} (format {fmt} is not supported)")
+                continue
+            fmt_path = f"{feed_path}/{vname}/{fname}"
+            for dt, dname in _dirs(sftp, fmt_path, settings.DT_DIR, listing):
+                if since is not None and dt < since.isoformat():
+                    continue
+                for hr, hname in _dirs(sftp, f"{fmt_path}/{dname}", settings.HR_DIR, listing):
+                    for mi, mname in _dirs(sftp, f"{fmt_path}/{dname}/{hname}", settings.MI_DIR, listing):
+                        path = f"{fmt_path}/{dname}/{hname}/{mname}"
+                        partition = Partition(feed, version, fmt, dt, hr, mi, path)
+                        if partition.key in skip:
+                            continue
+                        entries = sftp.listdir_attr(path)
+                        names = {e.filename for e in entries}
+                        if settings.SUCCESS_FLAG not in names:
+                            listing.waiting.append(partition)
+                            continue
+                        files = []
+                        for e in entries:
+                            m = file_re.match(e.filename)
+                            if m:
+                                split = m.group("split")
+                                files.append(
+                                    DataFile(
+                                        e.filename,
+                                        int(split) if split is not None else None,
+                                        bool(m.group("gz")),
+                                        bool(m.group("enc")),
+                                        e.st_size or 0,
+                                    )
+                                )
+                            elif e.filename != settings.SUCCESS_FLAG:
+                                listing.ignored.append(f"{path}/{e.filename}")
+                        files.sort(key=lambda f: (f.split if f.split is not None else -1, f.name))
+                        listing.ready.append((partition, files))
+    return listing
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class PartitionReader:
+    """Downloads a partition's files (paramiko prefetch) and reads them with DuckDB into Arrow batches.
+
+    Every JSON value lands as text: scalars as their JSON text (strings unquoted), objects and arrays as JSON.
+    Typing happens in staging from export_docs.yaml, so a value whose type drifts is never lost or rejected.
+    """
+
+    def __init__(self, sftp: paramiko.SFTPClient, workdir: Path | None = None) -> None:
+        self.sftp = sftp
+        self.workdir = Path(tempfile.mkdtemp(prefix="asapp-sftp-", dir=workdir))
+        self.con = duckdb.connect()
+        self.con.execute("set preserve_insertion_order = true")
+
+    def close(self) -> None:
+        self.con.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def download(self, partition: Partition, files: list[DataFile]) -> list[Path]:
+        local_dir = self.workdir / "partition"
+        shutil.rmtree(local_dir, ignore_errors=True)
+        local_dir.mkdir()
+        paths = []
+        for f in files:
+            # Remote names matched the documented pattern, so they are safe as local names.
+            local = local_dir / f.name
+            self.sftp.get(f"{partition.path}/{f.name}", str(local))
+            paths.append(local)
+        return paths
+
+    def read(
+        self,
+        partition: Partition,
+        files: list[DataFile],
+        paths: list[Path],
+        loaded_at: datetime,
+    ) -> Iterator[pa.RecordBatch]:
+        for f, path in zip(files, paths, strict=True):
+            if path.stat().st_size == 0:
+                continue
+            source = _sql_str(str(path))
+            compression = "'gzip'" if f.gzip else "'uncompressed'"
+            keys = [
+                row[0]
+                for row in self.con.execute(
+                    f"select k from (select unnest(json_keys(json)) as k, row_number() over () as i "
+                    f"from read_ndjson_objects({source}, compression={compression})) group by k order by min(i)"
+                ).fetchall()
+            ]
+            if not keys:
+                continue
+            columns = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in keys) + "}"
+            lineage = (
+                f"{_sql_str(partition.feed)} as _asapp_feed, {_sql_str(partition.version)} as _asapp_version, "
+                f"timestamp {_sql_str(partition.at.strftime('%Y-%m-%d %H:%M:%S'))} as _asapp_partition_at, "
+                f"{_sql_str(f.name)} as _asapp_file, "
+                f"{'null' if f.split is None else f.split}::bigint as _asapp_split, "
+                f"row_number() over () as _asapp_line, "
+                f"timestamp {_sql_str(loaded_at.strftime('%Y-%m-%d %H:%M:%S.%f'))} as _asapp_loaded_at"
+            )
+            query = (
+                f"select {', '.join(_quote(k) for k in keys)}, {lineage} from read_json({source}, "
+                f"format='newline_delimited', compression={compression}, columns={columns}, "
+                f"maximum_object_size=268435456)"
+            )
+            reader = self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS)
+            yield from reader

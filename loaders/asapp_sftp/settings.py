@@ -1,0 +1,22 @@
+"""Constants of ASAPP's SFTP export layout (reference: asapp-retrieve-messaging-data.md)."""
+
+import re
+
+SUCCESS_FLAG = "_SUCCESS"
+SUPPORTED_FORMATS = ("jsonl", "json", "jsonlines")
+# Partitions are looked for from (last loaded dt - lookback) on; older dt folders are not listed again.
+DEFAULT_LOOKBACK_DAYS = 2
+# Rows per Arrow batch handed to dlt: bounds memory whatever the file size.
+BATCH_ROWS = 100_000
+
+VERSION_DIR = re.compile(r"^version=(?P<value>[0-9A-Za-z_.-]+)$")
+FORMAT_DIR = re.compile(r"^format=(?P<value>[0-9A-Za-z_.-]+)$")
+DT_DIR = re.compile(r"^dt=(?P<value>\d{4}-\d{2}-\d{2})$")
+HR_DIR = re.compile(r"^hr=(?P<value>\d{2})$")
+MI_DIR = re.compile(r"^mi=(?P<value>\d{2})$")
+FEED_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def data_file_pattern(feed: str) -> "re.Pattern[str]":
+    """FEED.jsonl[.NN][.gz][.enc]"""
+    return re.compile(rf"^{re.escape(feed)}\.jsonl(?:\.(?P<split>\d{{2,}}))?(?P<gz>\.gz)?(?P<enc>\.enc)?$")

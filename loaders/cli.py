@@ -1,0 +1,198 @@
+"""`elt`: the command line of asapp-elt (typer). Errors are one line with the fix; --debug shows tracebacks."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from loaders import runtime
+
+app = typer.Typer(
+    help="ASAPP and APSIS data into your warehouse (dlt + dbt), documented and tested.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+load_app = typer.Typer(help="Load raw data with dlt.", no_args_is_help=True)
+app.add_typer(load_app, name="load")
+# Wide enough for the summary tables when the output is a file or a pipe (CI logs, orchestrators).
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+out = Console(width=None if sys.stdout.isatty() else 160)
+_state = {"debug": False}
+
+log = logging.getLogger("loaders.cli")
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every partition read.")] = False,
+) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=debug)],
+    )
+    logging.getLogger("loaders").setLevel(level)
+    for noisy in ("paramiko", "asyncssh"):
+        logging.getLogger(noisy).setLevel(logging.WARNING if not debug else logging.INFO)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """dlt wraps errors raised inside sources; the user needs the innermost one of ours."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    best = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if type(current).__module__.startswith("loaders"):
+            best = current
+        current = current.__cause__ or current.__context__
+    return best
+
+
+def _fail(error: BaseException) -> NoReturn:
+    if _state["debug"]:
+        raise error
+    cause = _root_cause(error)
+    console.print(f"[bold red]error:[/] {cause}")
+    if cause is error:
+        console.print("[dim](run with --debug for the traceback)[/]")
+    raise typer.Exit(1)
+
+
+def _guard(action: Callable[[], Any]) -> Any:
+    try:
+        return action()
+    except typer.Exit:
+        raise
+    except Exception as e:  # every failure ends as one clear line
+        _fail(e)
+
+
+def _print_load_summary(stats: Any) -> None:
+    table = Table(title="elt load asapp")
+    for col in ("feed", "partitions loaded", "waiting for _SUCCESS", "files", "MB", "rows"):
+        table.add_column(col, justify="left" if col == "feed" else "right")
+    for feed, s in sorted(stats.feeds.items()):
+        table.add_row(
+            feed,
+            str(s.partitions_loaded),
+            str(s.partitions_waiting),
+            str(s.files),
+            f"{s.bytes / 1e6:.1f}",
+            str(s.rows),
+        )
+    out.print(table)
+    if stats.ignored:
+        out.print(f"[yellow]{len(stats.ignored)} name(s) outside ASAPP's layout were ignored[/] (see --verbose)")
+
+
+@load_app.command("asapp")
+def load_asapp(
+    feeds: Annotated[str | None, typer.Option(help="Comma separated feeds (default: every feed found).")] = None,
+    since: Annotated[str | None, typer.Option(help="Skip partitions before this date (YYYY-MM-DD).")] = None,
+) -> None:
+    """SFTP feeds -> raw tables in schema asapp_raw (one per feed), incrementally, exactly once."""
+    from loaders.pipelines import load_asapp as run
+
+    feed_list = [f.strip() for f in feeds.split(",") if f.strip()] if feeds else None
+    stats = _guard(lambda: run(feed_list, since))
+    _print_load_summary(stats)
+
+
+@app.command()
+def generate(
+    check: Annotated[bool, typer.Option("--check", help="Only check; exit 1 when generated files are stale.")] = False,
+    export_docs: Annotated[Path | None, typer.Option(help="export_docs.yaml (default: the project's).")] = None,
+) -> None:
+    """export_docs.yaml -> dbt sources, staging models, docs and tests for every ASAPP feed."""
+    from loaders.export_docs import codegen, load_export_docs
+
+    project = runtime.project_dir()
+    docs = _guard(lambda: load_export_docs(export_docs or project / "export_docs.yaml"))
+    result = codegen.write(docs, project, check=check)
+    if check:
+        problems = result.stale + result.orphaned
+        for p in problems:
+            console.print(f"stale: {p.relative_to(project)}")
+        if problems:
+            console.print("[red]generated files are stale:[/] run `elt generate`")
+            raise typer.Exit(1)
+        out.print(f"generated files are up to date ({len(docs)} feeds)")
+        return
+    out.print(f"{len(docs)} feeds: {len(result.written)} file(s) written, {len(result.orphaned)} removed")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def build(ctx: typer.Context) -> None:
+    """`dbt build` with the project's profile; extra arguments go to dbt (e.g. --select stg_asapp__utterances)."""
+    if not _guard(lambda: runtime.run_dbt(["build", *ctx.args])):
+        console.print("[red]dbt build failed[/] (see dbt's output above)")
+        raise typer.Exit(1)
+
+
+def _docs(serve: bool, port: int) -> None:
+    if not runtime.run_dbt(["docs", "generate"]):
+        console.print("[red]dbt docs generate failed[/]")
+        raise typer.Exit(1)
+    site = runtime.project_dir() / "target" / "index.html"
+    out.print(f"docs site: {site}")
+    if serve:
+        runtime.run_dbt(["docs", "serve", "--port", str(port), "--host", "127.0.0.1", "--no-browser"])
+
+
+@app.command()
+def docs(
+    serve: Annotated[bool, typer.Option("--serve", help="Serve the site on 127.0.0.1.")] = False,
+    port: Annotated[int, typer.Option(help="Port for --serve.")] = 8080,
+) -> None:
+    """Generate the dbt docs site (sources, models, columns, lineage), and serve it with --serve."""
+    _guard(lambda: _docs(serve, port))
+
+
+@app.command()
+def run() -> None:
+    """The main job: load asapp, then dbt build."""
+    from loaders.pipelines import load_asapp as run_load
+
+    stats = _guard(lambda: run_load(None, None))
+    _print_load_summary(stats)
+    if not _guard(lambda: runtime.run_dbt(["build"])):
+        console.print("[red]dbt build failed[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    days: Annotated[int, typer.Option(help="Days of hourly partitions in the generated export tree.")] = 3,
+    workdir: Annotated[Path | None, typer.Option(help="Where the demo writes (default: warehouse/demo).")] = None,
+) -> None:
+    """The whole flow against the local sandbox: generated exports behind a local SFTP server, load, build, docs."""
+    from loaders.sandbox.demo import run_demo
+
+    base = workdir or runtime.project_dir() / "warehouse" / "demo"
+    summary = _guard(lambda: run_demo(base.resolve(), days=days))
+    out.print(summary.table())
+    for line in summary.notes():
+        out.print(line)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+def entrypoint() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,96 @@
+"""Where things live and how the engines are reached: one place for the paths, targets and dbt invocation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+TARGETS = ("duckdb", "postgres")
+
+
+class ConfigError(RuntimeError):
+    """Bad configuration: the message says what to set."""
+
+
+def project_dir() -> Path:
+    """The dbt project (this checkout), or ELT_PROJECT_DIR."""
+    configured = os.environ.get("ELT_PROJECT_DIR")
+    return Path(configured).resolve() if configured else Path(__file__).resolve().parents[1]
+
+
+def target() -> str:
+    value = os.environ.get("ELT_TARGET", "duckdb").strip().lower()
+    if value not in TARGETS:
+        raise ConfigError(f"ELT_TARGET={value!r} is not supported here: use one of {', '.join(TARGETS)}")
+    return value
+
+
+def _project_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else project_dir() / path
+
+
+def duckdb_path() -> Path:
+    return _project_path(os.environ.get("ELT_DUCKDB_PATH", "warehouse/asapp.duckdb"))
+
+
+def pipelines_dir() -> Path:
+    """dlt's working folder for our pipelines: `dlt pipeline --pipelines-dir <this> asapp_sftp info`."""
+    return _project_path(os.environ.get("ELT_PIPELINES_DIR", "warehouse/pipelines"))
+
+
+def configure() -> None:
+    """Settings every command relies on, exported for dlt and dbt (which read the environment)."""
+    os.environ["ELT_DUCKDB_PATH"] = str(duckdb_path())
+    duckdb_path().parent.mkdir(parents=True, exist_ok=True)
+    # Arrow batches skip dlt's normalizer: ask it to stamp the load id anyway, for lineage.
+    os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+
+def destination() -> Any:
+    import dlt
+
+    if target() == "duckdb":
+        return dlt.destinations.duckdb(str(duckdb_path()))
+    env = os.environ
+    credentials = {
+        "host": env.get("ELT_PG_HOST", "127.0.0.1"),
+        "port": int(env.get("ELT_PG_PORT", "5432")),
+        "username": env.get("ELT_PG_USER", "postgres"),
+        "password": env.get("ELT_PG_PASSWORD", ""),
+        "database": env.get("ELT_PG_DATABASE", "asapp"),
+    }
+    return dlt.destinations.postgres(credentials=credentials)
+
+
+def pipeline(name: str, dataset: str) -> Any:
+    import dlt
+
+    configure()
+    return dlt.pipeline(
+        pipeline_name=name,
+        destination=destination(),
+        dataset_name=dataset,
+        pipelines_dir=str(pipelines_dir()),
+    )
+
+
+def run_dbt(args: Sequence[str]) -> bool:
+    """Run a dbt command with the project's profile (dbt's programmatic API, not dlt's dbt runner)."""
+    from dbt.cli.main import dbtRunner
+
+    configure()
+    pd = str(project_dir())
+    extra = ["--project-dir", pd]
+    if "--profiles-dir" not in args and not os.environ.get("DBT_PROFILES_DIR"):
+        extra += ["--profiles-dir", pd]
+    if "--target" not in args and "-t" not in args:
+        extra += ["--target", target()]
+    result = dbtRunner().invoke([*args, *extra])
+    if result.exception is not None:
+        raise RuntimeError(f"dbt {' '.join(args)} could not run: {result.exception}")
+    return bool(result.success)

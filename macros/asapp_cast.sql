@@ -1,0 +1,79 @@
+{#
+    asapp_cast(column, type): cast a raw text value to its documented (canonical) type.
+    A value that cannot be cast becomes null; it never fails the build (the asapp_cast_failures test counts them).
+    Canonical types come from loaders/export_docs/model.py: bigint, integer, double, numeric(p,s), boolean,
+    timestamp, date, varchar. Timestamps arrive as '2018-09-05 19:58:06', '2019-09-22T13:12:26.073000+00:00'
+    and even '2018-09-05 19:58:06T00:01:16.203000+00:00': values with an offset are converted to UTC, values
+    without one are taken as UTC, and the last shape keeps its first 19 characters.
+#}
+{% macro asapp_cast(column, type) -%}
+    {{ return(adapter.dispatch('asapp_cast', 'asapp_elt')(column, type)) }}
+{%- endmacro %}
+
+{% macro default__asapp_cast(column, type) -%}
+    {%- set t = type | lower -%}
+    {%- if t == 'varchar' -%}
+        cast({{ column }} as {{ dbt.type_string() }})
+    {%- elif t == 'timestamp' -%}
+        {{ dbt.safe_cast(column, dbt.type_timestamp()) }}
+    {%- elif t == 'bigint' or t == 'integer' -%}
+        {{ dbt.safe_cast(column, dbt.type_bigint() if t == 'bigint' else dbt.type_int()) }}
+    {%- elif t == 'double' -%}
+        {{ dbt.safe_cast(column, dbt.type_float()) }}
+    {%- else -%}
+        {{ dbt.safe_cast(column, t) }}
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro duckdb__asapp_cast(column, type) -%}
+    {%- set t = type | lower -%}
+    {%- set v = 'cast(' ~ column ~ ' as varchar)' -%}
+    {%- if t == 'varchar' -%}
+        {{ v }}
+    {%- elif t == 'timestamp' -%}
+        coalesce(
+            case when regexp_matches({{ v }}, '\d:\d\d(\.\d+)?\s*([zZ]|[+-]\d\d(:?\d\d)?)$')
+                then timezone('UTC', try_cast({{ v }} as timestamptz)) end,
+            try_cast({{ v }} as timestamp),
+            try_strptime(left({{ v }}, 19), '%Y-%m-%d %H:%M:%S'),
+            try_strptime(left({{ v }}, 19), '%Y-%m-%dT%H:%M:%S')
+        )
+    {%- elif t == 'date' -%}
+        try_cast(left({{ v }}, 10) as date)
+    {%- elif t == 'boolean' -%}
+        try_cast({{ v }} as boolean)
+    {%- else -%}
+        try_cast({{ v }} as {{ t }})
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro postgres__asapp_cast(column, type) -%}
+    {#- Postgres has no try_cast: every cast is guarded by the shape it accepts. -#}
+    {%- set t = type | lower -%}
+    {%- set v = 'btrim(cast(' ~ column ~ ' as text))' -%}
+    {%- if t == 'varchar' -%}
+        cast({{ column }} as text)
+    {%- elif t == 'timestamp' -%}
+        case
+            when {{ v }} ~ '^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(\.\d+)?\s*([zZ]|[+-]\d\d(:?\d\d)?)$'
+                then cast({{ v }} as timestamptz) at time zone 'UTC'
+            when {{ v }} ~ '^\d{4}-\d\d-\d\d([ T]\d\d:\d\d(:\d\d(\.\d+)?)?)?$'
+                then cast({{ v }} as timestamp)
+            when {{ v }} ~ '^\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d'
+                then cast(left({{ v }}, 19) as timestamp)
+        end
+    {%- elif t == 'date' -%}
+        case when {{ v }} ~ '^\d{4}-\d\d-\d\d' then cast(left({{ v }}, 10) as date) end
+    {%- elif t == 'boolean' -%}
+        case lower({{ v }})
+            when 'true' then true when 't' then true when '1' then true when 'yes' then true
+            when 'false' then false when 'f' then false when '0' then false when 'no' then false
+        end
+    {%- elif t == 'bigint' or t == 'integer' -%}
+        case when {{ v }} ~ '^[-+]?\d{1,18}(\.0*)?$'
+            then cast(cast({{ v }} as numeric) as {{ 'bigint' if t == 'bigint' else 'integer' }}) end
+    {%- else -%}
+        case when {{ v }} ~ '^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$'
+            then cast({{ v }} as {{ 'double precision' if t == 'double' else t }}) end
+    {%- endif -%}
+{%- endmacro %}

@@ -1,0 +1,140 @@
+"""Fixtures: a real OpenSSH sshd on 127.0.0.1 (own host key, own authorized_keys, free port) and an isolated
+configuration per test (own DuckDB file, dlt pipelines folder, dbt target folder)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+@dataclass(frozen=True)
+class Sshd:
+    port: int
+    username: str
+    client_key: Path
+    other_client_key: Path  # not authorized
+    known_hosts: Path
+    wrong_known_hosts: Path  # same host, another key
+    empty_known_hosts: Path
+    dir: Path
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    if not Path(SSHD).exists():
+        pytest.fail("OpenSSH sshd is not installed: run `make sysdeps` (apt-get install openssh-server)")
+    d = tmp_path_factory.mktemp("sshd")
+    host_key = _keygen(d / "ssh_host_ed25519_key")
+    other_host_key = _keygen(d / "other_host_key")
+    client_key = _keygen(d / "client_key")
+    other_client_key = _keygen(d / "other_client_key")
+    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
+    (d / "authorized_keys").chmod(0o600)
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {host_key}",
+                f"PidFile {d / 'sshd.pid'}",
+                f"AuthorizedKeysFile {d / 'authorized_keys'}",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes",
+                "PermitRootLogin prohibit-password",
+                "UsePAM no",
+                "StrictModes no",
+                "Subsystem sftp internal-sftp",
+                "LogLevel ERROR",
+            ]
+        )
+        + "\n"
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(64).startswith(b"SSH-"):
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            pytest.fail(f"sshd did not start: {err}")
+        time.sleep(0.1)
+    pub = lambda key: " ".join(Path(f"{key}.pub").read_text().split()[:2])  # noqa: E731
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {pub(host_key)}\n")
+    (d / "wrong_known_hosts").write_text(f"[127.0.0.1]:{port} {pub(other_host_key)}\n")
+    (d / "empty_known_hosts").write_text("")
+    try:
+        yield Sshd(
+            port,
+            getpass.getuser(),
+            client_key,
+            other_client_key,
+            d / "known_hosts",
+            d / "wrong_known_hosts",
+            d / "empty_known_hosts",
+            d,
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated warehouse: DuckDB file, dlt pipelines folder and dbt target folder under tmp_path."""
+    for name in list(os.environ):
+        if name.startswith(("SOURCES__", "ELT_", "ASAPP_API__")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ELT_DUCKDB_PATH", str(tmp_path / "asapp.duckdb"))
+    monkeypatch.setenv("ELT_PIPELINES_DIR", str(tmp_path / "pipelines"))
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path / "target"))
+    monkeypatch.setenv("DBT_LOG_PATH", str(tmp_path / "logs"))
+    monkeypatch.setenv("ELT_TARGET", "duckdb")
+    return tmp_path / "asapp.duckdb"
+
+
+@pytest.fixture
+def exports(tmp_path: Path, sshd: Sshd, warehouse: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty export tree served by the sshd, with the asapp_sftp source configured for it."""
+    root = tmp_path / "exports"
+    root.mkdir()
+    for key, value in {
+        "HOST": "127.0.0.1",
+        "PORT": str(sshd.port),
+        "USERNAME": sshd.username,
+        "PRIVATE_KEY_PATH": str(sshd.client_key),
+        "KNOWN_HOSTS_PATH": str(sshd.known_hosts),
+        "BASE_PATH": str(root),
+    }.items():
+        monkeypatch.setenv(f"SOURCES__ASAPP_SFTP__{key}", value)
+    return root

@@ -1,0 +1,171 @@
+"""The SFTP source against a real OpenSSH sshd: gating by _SUCCESS, splits and gzip, lineage, exactly once,
+schema evolution, and host/user key verification."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from loaders.pipelines import load_asapp
+from loaders.sandbox.exports import partition_dir, write_partition
+from tests.python.helpers import elt, query, scalar
+
+T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+
+
+def rows(start: int, n: int, **extra: object) -> list[dict[str, object]]:
+    return [{"issue_id": i, "final_intent_code": f"I{i}", "instance_ts": "2026-11-01 10:00:00", **extra}
+            for i in range(start, start + n)]
+
+
+def test_partition_waits_for_success_and_loads_once(exports: Path, warehouse: Path) -> None:
+    write_partition(exports, "convos_intents", T0, rows(1, 5))
+    late = write_partition(exports, "convos_intents", T0.replace(hour=11), rows(100, 3), success=False)
+
+    stats = load_asapp()
+    assert stats.feeds["convos_intents"].partitions_loaded == 1
+    assert stats.feeds["convos_intents"].waiting == ["version=1/format=jsonl/dt=2026-11-01/hr=11/mi=00"]
+    assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 5
+
+    stats = load_asapp()  # nothing new: nothing loaded
+    assert stats.feeds["convos_intents"].partitions_loaded == 0
+    assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 5
+
+    (late / "_SUCCESS").write_bytes(b"")  # the export finished
+    stats = load_asapp()
+    assert stats.feeds["convos_intents"].partitions_loaded == 1
+    assert stats.feeds["convos_intents"].partitions_waiting == 0
+    assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 8
+    assert scalar(warehouse, "select count(distinct issue_id) from asapp_raw.convos_intents") == 8
+
+    load_asapp()
+    assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 8
+
+
+def test_split_gzip_files_and_lineage(exports: Path, warehouse: Path) -> None:
+    write_partition(exports, "utterances", T0, rows(1, 30), splits=3, gz=True)
+    write_partition(exports, "utterances", T0.replace(minute=15), rows(50, 4))
+    load_asapp()
+    got = query(
+        warehouse,
+        "select _asapp_file, _asapp_split, count(*), min(_asapp_line), max(_asapp_line), "
+        "any_value(_asapp_feed), any_value(_asapp_version), any_value(_asapp_partition_at), "
+        "count(distinct _dlt_load_id), count(_asapp_loaded_at) "
+        "from asapp_raw.utterances group by all order by 1",
+    )
+    at = datetime(2026, 11, 1, 10, 0)
+    assert [g[:5] for g in got] == [
+        ("utterances.jsonl", None, 4, 1, 4),
+        ("utterances.jsonl.00.gz", 0, 10, 1, 10),
+        ("utterances.jsonl.01.gz", 1, 10, 1, 10),
+        ("utterances.jsonl.02.gz", 2, 10, 1, 10),
+    ]
+    assert {g[5:8] for g in got[1:]} == {("utterances", "1", at)}
+    assert got[0][7] == at.replace(minute=15)
+    assert all(g[8] == 1 and g[9] == g[2] for g in got)  # a load id and a load time on every row
+    # line numbers follow the file: row k of the file is line k
+    assert query(
+        warehouse,
+        "select issue_id, _asapp_line from asapp_raw.utterances where _asapp_file = 'utterances.jsonl.01.gz' "
+        "order by _asapp_line limit 2",
+    ) == [("2", 1), ("5", 2)]
+
+
+def test_values_land_as_exported_text(exports: Path, warehouse: Path) -> None:
+    write_partition(exports, "convos_metrics", T0, [
+        {"issue_id": 1, "assisted": True, "total_handle_time": 12.5, "platform": "web",
+         "first_utterance_ts": "2019-09-22T13:12:26.073000+00:00", "nested": {"a": [1, 2]}, "missing": None},
+    ])
+    load_asapp()
+    got = query(warehouse, "select issue_id, assisted, total_handle_time, platform, first_utterance_ts, nested "
+                           "from asapp_raw.convos_metrics")
+    assert got == [("1", "true", "12.5", "web", "2019-09-22T13:12:26.073000+00:00", '{"a":[1,2]}')]
+
+
+def test_empty_partition_and_new_columns(exports: Path, warehouse: Path) -> None:
+    write_partition(exports, "convos_intents", T0, [])
+    write_partition(exports, "convos_intents", T0.replace(hour=11), rows(1, 2))
+    stats = load_asapp()
+    assert stats.feeds["convos_intents"].partitions_loaded == 2
+    # ASAPP extends a feed with a new column: it lands in the raw table, older rows have null
+    write_partition(exports, "convos_intents", T0.replace(hour=12), rows(10, 2, brand_new_column="x"))
+    load_asapp()
+    got = query(warehouse, "select issue_id, brand_new_column from asapp_raw.convos_intents order by issue_id::int")
+    assert got == [("1", None), ("2", None), ("10", "x"), ("11", "x")]
+
+
+def test_feeds_and_since_filters(exports: Path, warehouse: Path) -> None:
+    write_partition(exports, "convos_intents", T0, rows(1, 2))
+    write_partition(exports, "convos_intents", T0.replace(day=3), rows(3, 2))
+    write_partition(exports, "utterances", T0, rows(1, 2))
+    stats = load_asapp(feeds=["convos_intents"], since="2026-11-02")
+    assert set(stats.feeds) == {"convos_intents"}
+    assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 2
+    tables = {t for (t,) in query(warehouse, "select table_name from information_schema.tables "
+                                             "where table_schema = 'asapp_raw'")}
+    assert "utterances" not in tables
+
+
+def test_names_outside_the_layout_are_ignored(exports: Path, warehouse: Path) -> None:
+    p = write_partition(exports, "convos_intents", T0, rows(1, 2))
+    (p / "notes.txt").write_text("not an export")
+    (p.parent.parent / "hr=xx").mkdir()
+    stats = load_asapp()
+    assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 2
+    assert any(name.endswith("/notes.txt") for name in stats.ignored)
+    assert any(name.endswith("/hr=xx") for name in stats.ignored)
+
+
+def test_listing_skips_old_days_after_history(exports: Path, warehouse: Path) -> None:
+    for day in (1, 2, 3, 4, 5):
+        write_partition(exports, "convos_intents", T0.replace(day=day), rows(day * 10, 1))
+    load_asapp()
+    # A partition appearing far behind the lookback window is not listed again (the cost of a run does not
+    # grow with history); one within the window is.
+    write_partition(exports, "convos_intents", T0.replace(day=1, hour=12), rows(900, 1))
+    write_partition(exports, "convos_intents", T0.replace(day=4, hour=12), rows(901, 1))
+    stats = load_asapp()
+    assert stats.feeds["convos_intents"].partitions_loaded == 1
+    assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents where issue_id = '901'") == 1
+
+
+def test_cli_load_prints_summary(exports: Path, warehouse: Path) -> None:
+    write_partition(exports, "convos_intents", T0, rows(1, 3))
+    write_partition(exports, "convos_intents", T0.replace(hour=11), rows(5, 1), success=False)
+    result = elt("load", "asapp")
+    assert result.returncode == 0, result.stderr
+    assert "convos_intents" in result.stdout and "waiting for _SUCCESS" in result.stdout
+    assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 3
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("empty_known_hosts", "is not in"),
+        ("wrong_known_hosts", "does not match"),
+        ("other_client_key", "authentication failed"),
+    ],
+)
+def test_untrusted_host_or_key_is_refused(
+    exports: Path, warehouse: Path, sshd: object, monkeypatch: pytest.MonkeyPatch, setting: str, message: str,
+) -> None:
+    write_partition(exports, "convos_intents", T0, rows(1, 3))
+    path = getattr(sshd, setting)
+    var = "PRIVATE_KEY_PATH" if setting == "other_client_key" else "KNOWN_HOSTS_PATH"
+    monkeypatch.setenv(f"SOURCES__ASAPP_SFTP__{var}", str(path))
+    result = elt("load", "asapp")
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    if setting == "empty_known_hosts":
+        assert "ssh-keyscan" in result.stderr  # says how to add the key
+    assert not warehouse.exists() or not query(
+        warehouse, "select 1 from information_schema.tables where table_name = 'convos_intents'")
+
+
+def test_partition_dir_layout(tmp_path: Path) -> None:
+    assert partition_dir(tmp_path, "utterances", T0).relative_to(tmp_path).as_posix() == (
+        "utterances/version=1/format=jsonl/dt=2026-11-01/hr=10/mi=00"
+    )
