@@ -43,6 +43,8 @@ def pipelines_dir() -> Path:
 
 def configure() -> None:
     """Settings every command relies on, exported for dlt and dbt (which read the environment)."""
+    # dlt reads .dlt/config.toml and .dlt/secrets.toml from the project, wherever `elt` is started.
+    os.environ.setdefault("DLT_PROJECT_DIR", str(project_dir()))
     os.environ["ELT_DUCKDB_PATH"] = str(duckdb_path())
     duckdb_path().parent.mkdir(parents=True, exist_ok=True)
     # Arrow batches skip dlt's normalizer: ask it to stamp the load id anyway, for lineage.

@@ -77,11 +77,11 @@ def run_demo(base: Path, days: int = 3) -> DemoSummary:
     with SandboxSftpServer(tree.root, base / "keys") as endpoint:
         os.environ.update(endpoint.env())
         stats = load_asapp()
-    ok = runtime.run_dbt(["build"]) and runtime.run_dbt(["docs", "generate"])
+    ok = runtime.run_dbt(["--quiet", "build"]) and runtime.run_dbt(["--quiet", "docs", "generate"])
     summary = DemoSummary(
         runtime.duckdb_path(), runtime.project_dir() / "target" / "index.html", time.monotonic() - started, ok
     )
-    with duckdb.connect(str(runtime.duckdb_path()), read_only=True) as con:
+    with duckdb.connect(str(runtime.duckdb_path())) as con:  # dbt-duckdb keeps its own open
         for feed in DEMO_FEEDS:
             raw = con.execute(f"select count(*) from asapp_raw.{feed}").fetchone()
             staged = con.execute(f"select count(*) from staging.stg_asapp__{feed}").fetchone() if ok else (0,)

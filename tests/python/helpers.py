@@ -15,7 +15,7 @@ ELT = str(Path(sys.executable).parent / "elt")
 
 
 def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    with duckdb.connect(str(db), read_only=True) as con:
+    with duckdb.connect(str(db)) as con:  # same config as dbt-duckdb's in-process connection
         return con.execute(sql).fetchall()
 
 

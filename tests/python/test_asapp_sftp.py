@@ -16,8 +16,10 @@ T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 
 
 def rows(start: int, n: int, **extra: object) -> list[dict[str, object]]:
-    return [{"issue_id": i, "final_intent_code": f"I{i}", "instance_ts": "2026-11-01 10:00:00", **extra}
-            for i in range(start, start + n)]
+    return [
+        {"issue_id": i, "final_intent_code": f"I{i}", "instance_ts": "2026-11-01 10:00:00", **extra}
+        for i in range(start, start + n)
+    ]
 
 
 def test_partition_waits_for_success_and_loads_once(exports: Path, warehouse: Path) -> None:
@@ -74,13 +76,28 @@ def test_split_gzip_files_and_lineage(exports: Path, warehouse: Path) -> None:
 
 
 def test_values_land_as_exported_text(exports: Path, warehouse: Path) -> None:
-    write_partition(exports, "convos_metrics", T0, [
-        {"issue_id": 1, "assisted": True, "total_handle_time": 12.5, "platform": "web",
-         "first_utterance_ts": "2019-09-22T13:12:26.073000+00:00", "nested": {"a": [1, 2]}, "missing": None},
-    ])
+    write_partition(
+        exports,
+        "convos_metrics",
+        T0,
+        [
+            {
+                "issue_id": 1,
+                "assisted": True,
+                "total_handle_time": 12.5,
+                "platform": "web",
+                "first_utterance_ts": "2019-09-22T13:12:26.073000+00:00",
+                "nested": {"a": [1, 2]},
+                "missing": None,
+            },
+        ],
+    )
     load_asapp()
-    got = query(warehouse, "select issue_id, assisted, total_handle_time, platform, first_utterance_ts, nested "
-                           "from asapp_raw.convos_metrics")
+    got = query(
+        warehouse,
+        "select issue_id, assisted, total_handle_time, platform, first_utterance_ts, nested "
+        "from asapp_raw.convos_metrics",
+    )
     assert got == [("1", "true", "12.5", "web", "2019-09-22T13:12:26.073000+00:00", '{"a":[1,2]}')]
 
 
@@ -103,8 +120,12 @@ def test_feeds_and_since_filters(exports: Path, warehouse: Path) -> None:
     stats = load_asapp(feeds=["convos_intents"], since="2026-11-02")
     assert set(stats.feeds) == {"convos_intents"}
     assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 2
-    tables = {t for (t,) in query(warehouse, "select table_name from information_schema.tables "
-                                             "where table_schema = 'asapp_raw'")}
+    tables = {
+        t
+        for (t,) in query(
+            warehouse, "select table_name from information_schema.tables where table_schema = 'asapp_raw'"
+        )
+    }
     assert "utterances" not in tables
 
 
@@ -149,7 +170,12 @@ def test_cli_load_prints_summary(exports: Path, warehouse: Path) -> None:
     ],
 )
 def test_untrusted_host_or_key_is_refused(
-    exports: Path, warehouse: Path, sshd: object, monkeypatch: pytest.MonkeyPatch, setting: str, message: str,
+    exports: Path,
+    warehouse: Path,
+    sshd: object,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str,
+    message: str,
 ) -> None:
     write_partition(exports, "convos_intents", T0, rows(1, 3))
     path = getattr(sshd, setting)
@@ -162,7 +188,8 @@ def test_untrusted_host_or_key_is_refused(
     if setting == "empty_known_hosts":
         assert "ssh-keyscan" in result.stderr  # says how to add the key
     assert not warehouse.exists() or not query(
-        warehouse, "select 1 from information_schema.tables where table_name = 'convos_intents'")
+        warehouse, "select 1 from information_schema.tables where table_name = 'convos_intents'"
+    )
 
 
 def test_partition_dir_layout(tmp_path: Path) -> None:
