@@ -94,6 +94,11 @@ def _print_load_summary(stats: Any) -> None:
             str(s.rows),
         )
     out.print(table)
+    if stats.schema_changes:
+        out.print(
+            f"[yellow]the server's export_docs.yaml differs from the project's ({len(stats.schema_changes)} "
+            "change(s)): see the warning above[/]"
+        )
     if stats.ignored:
         out.print(f"[yellow]{len(stats.ignored)} name(s) outside ASAPP's layout were ignored[/] (see --verbose)")
 
@@ -102,12 +107,19 @@ def _print_load_summary(stats: Any) -> None:
 def load_asapp(
     feeds: Annotated[str | None, typer.Option(help="Comma separated feeds (default: every feed found).")] = None,
     since: Annotated[str | None, typer.Option(help="Skip partitions before this date (YYYY-MM-DD).")] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Fail, before loading, when the server's export_docs.yaml differs.")
+    ] = False,
 ) -> None:
-    """SFTP feeds -> raw tables in schema asapp_raw (one per feed), incrementally, exactly once."""
+    """SFTP feeds -> raw tables in schema asapp_raw (one per feed), incrementally, exactly once.
+
+    When the export location holds an export_docs.yaml that differs from the project's, the run warns
+    (or, with --strict, fails before loading anything).
+    """
     from loaders.pipelines import load_asapp as run
 
     feed_list = [f.strip() for f in feeds.split(",") if f.strip()] if feeds else None
-    stats = _guard(lambda: run(feed_list, since))
+    stats = _guard(lambda: run(feed_list, since, strict))
     _print_load_summary(stats)
 
 
@@ -132,6 +144,40 @@ def generate(
         out.print(f"generated files are up to date ({len(docs)} feeds)")
         return
     out.print(f"{len(docs)} feeds: {len(result.written)} file(s) written, {len(result.orphaned)} removed")
+
+
+@app.command("schema-diff")
+def schema_diff(
+    old: Annotated[Path, typer.Argument(help="The export_docs.yaml you have (e.g. the project's).")],
+    new: Annotated[Path, typer.Argument(help="The newer export_docs.yaml (e.g. the one ASAPP just shipped).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the changes as JSON.")] = False,
+) -> None:
+    """Added / removed / retyped columns, key, ordering and version changes. Exit 1 on a breaking change."""
+    import json
+
+    from loaders.export_docs import load_export_docs
+    from loaders.export_docs.diff import diff, is_breaking
+
+    changes = _guard(lambda: diff(load_export_docs(old), load_export_docs(new)))
+    breaking = is_breaking(changes)
+    if as_json:
+        out.print_json(json.dumps({"breaking": breaking, "changes": [c.as_dict() for c in changes]}))
+    elif not changes:
+        out.print("no schema changes")
+    else:
+        table = Table(title=f"schema changes: {old} -> {new}")
+        for col in ("feed", "change", "detail", "breaking"):
+            table.add_column(col)
+        for c in changes:
+            table.add_row(c.feed, c.kind, c.detail, "[red]yes[/]" if c.breaking else "no")
+        out.print(table)
+        out.print(
+            "[red]breaking changes: review the staging models, then `elt generate` and `elt build --full-refresh`[/]"
+            if breaking
+            else "additive changes only: `elt generate`"
+        )
+    if breaking:
+        raise typer.Exit(1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Sequence
 
 from loaders import runtime
 from loaders.asapp_sftp import LoadStats, asapp_sftp
+from loaders.export_docs import load_export_docs
+from loaders.export_docs.diff import Change, diff, is_breaking
+from loaders.export_docs.model import ExportDocsError
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +26,47 @@ def finish_pending(pipeline: object) -> None:
         pipeline.load()  # type: ignore[attr-defined]
 
 
-def load_asapp(feeds: Sequence[str] | None = None, since: str | None = None) -> LoadStats:
-    """SFTP feeds -> asapp_raw.<feed>. Returns the run's counts."""
+class SchemaDriftError(RuntimeError):
+    """The server's export_docs.yaml differs from the project's (with --strict)."""
+
+
+def check_export_docs(stats: LoadStats, strict: bool) -> list[Change]:
+    """Diff the server's export_docs.yaml (when it has one) against the project's; warn, or fail when strict."""
+    if stats.export_docs is None:
+        return []
+    try:
+        changes = diff(
+            load_export_docs(runtime.project_dir() / "export_docs.yaml"), load_export_docs(stats.export_docs)
+        )
+    except ExportDocsError as e:
+        raise SchemaDriftError(f"the server's export_docs.yaml cannot be read: {e}") from e
+    if changes:
+        kept = runtime.duckdb_path().parent / "export_docs.server.yaml"
+        shutil.copyfile(stats.export_docs, kept)
+        summary = "; ".join(f"{c.feed}: {c.kind} {c.detail}" for c in changes[:10])
+        more = f" (and {len(changes) - 10} more)" if len(changes) > 10 else ""
+        message = (
+            f"the server's export_docs.yaml differs from the project's in {len(changes)} way(s)"
+            f"{' (breaking)' if is_breaking(changes) else ''}: {summary}{more}. Review with "
+            f"`elt schema-diff export_docs.yaml {kept}`, then copy it over export_docs.yaml and run `elt generate`."
+        )
+        if strict:
+            raise SchemaDriftError(message)
+        log.warning("%s", message)
+    stats.export_docs.unlink(missing_ok=True)
+    return changes
+
+
+def load_asapp(feeds: Sequence[str] | None = None, since: str | None = None, strict: bool = False) -> LoadStats:
+    """SFTP feeds -> asapp_raw.<feed>. Returns the run's counts.
+
+    With strict, a server export_docs.yaml that differs from the project's stops the run before anything loads.
+    """
     pipeline = runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET)
     finish_pending(pipeline)
     stats = LoadStats()
     source = asapp_sftp(feeds=list(feeds) if feeds else None, since=since, stats=stats)
+    stats.schema_changes = check_export_docs(stats, strict)
     info = pipeline.run(source, loader_file_format="parquet")
     log.info("%s", info)
     return stats

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import dlt
@@ -27,6 +28,7 @@ from loaders.asapp_sftp.helpers import (
     PartitionReader,
     SftpError,
     connect_sftp,
+    fetch_export_docs,
     list_partitions,
 )
 
@@ -60,6 +62,8 @@ class LoadStats:
 
     feeds: dict[str, FeedStats] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+    export_docs: Path | None = None  # the export_docs.yaml found on the server, downloaded
+    schema_changes: list[Any] = field(default_factory=list)  # its differences from the project's
 
     def feed(self, name: str) -> FeedStats:
         return self.feeds.setdefault(name, FeedStats())
@@ -204,7 +208,10 @@ def asapp_sftp(
     try:
         sftp = client.open_sftp()
         try:
-            available = sorted(e.filename for e in sftp.listdir_attr(base_path) if settings.FEED_NAME.match(e.filename))
+            names = [e.filename for e in sftp.listdir_attr(base_path)]
+            available = sorted(n for n in names if settings.FEED_NAME.match(n))
+            if settings.EXPORT_DOCS_NAME in names:
+                run_stats.export_docs = fetch_export_docs(sftp, base_path)
         except FileNotFoundError as e:
             raise SftpError(f"base path {base_path!r} does not exist on {host}") from e
         finally:

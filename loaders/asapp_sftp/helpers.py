@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -191,6 +192,14 @@ def list_partitions(
                         files.sort(key=lambda f: (f.split if f.split is not None else -1, f.name))
                         listing.ready.append((partition, files))
     return listing
+
+
+def fetch_export_docs(sftp: paramiko.SFTPClient, base_path: str) -> Path:
+    """Download the server's export_docs.yaml to a temporary file."""
+    fd, name = tempfile.mkstemp(prefix="export_docs-", suffix=".yaml")
+    os.close(fd)
+    sftp.get(str(PurePosixPath(base_path) / settings.EXPORT_DOCS_NAME), name)
+    return Path(name)
 
 
 def _quote(name: str) -> str:

@@ -3,6 +3,8 @@
 import re
 
 SUCCESS_FLAG = "_SUCCESS"
+# ASAPP's daily feed schema, when the export location carries it (beside the feed folders).
+EXPORT_DOCS_NAME = "export_docs.yaml"
 SUPPORTED_FORMATS = ("jsonl", "json", "jsonlines")
 # Partitions are looked for from (last loaded dt - lookback) on; older dt folders are not listed again.
 DEFAULT_LOOKBACK_DAYS = 2

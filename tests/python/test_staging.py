@@ -3,6 +3,7 @@ split, line), incremental runs equal a full refresh, typing is lenient, missing 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -110,6 +111,10 @@ def test_types_are_cast_leniently(exports: Path, warehouse: Path) -> None:
     load_asapp()
     # bad values warn (asapp_cast_failures) but never fail the build
     assert runtime.run_dbt(["build", "--select", "stg_asapp__convos_metrics", "source:asapp.convos_metrics"])
+    results = json.loads((warehouse.parent / "target" / "run_results.json").read_text())["results"]
+    (cast_test,) = [r for r in results if "asapp_cast_failures" in r["unique_id"]]
+    assert cast_test["status"] == "warn"
+    assert cast_test["failures"] == 3  # first_utterance_ts, total_handle_time, customer_id
     got = {
         r[0]: r[1:]
         for r in query(
