@@ -123,6 +123,28 @@ def load_asapp(
     _print_load_summary(stats)
 
 
+@load_app.command("apsis")
+def load_apsis(
+    start_at: Annotated[
+        str | None, typer.Option(help="Events window start (ISO date/time, UTC). Default: the last loaded end.")
+    ] = None,
+    end_at: Annotated[
+        str | None, typer.Option(help="Events window end. Default: now, or a week after --start-at.")
+    ] = None,
+) -> None:
+    """APSIS One profile export -> raw tables in schema apsis_raw (requests, polls, streams, flattens)."""
+    from loaders.pipelines import load_apsis as run
+
+    stats = _guard(lambda: run(start_at, end_at))
+    table = Table(title="elt load apsis")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, rows in sorted(stats.rows.items()):
+        table.add_row(name, str(rows))
+    out.print(table)
+    out.print(f"{stats.exports} export(s): {', '.join(stats.windows) or 'none'}")
+
+
 @app.command()
 def generate(
     check: Annotated[bool, typer.Option("--check", help="Only check; exit 1 when generated files are stale.")] = False,

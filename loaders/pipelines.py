@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Sequence
 
 from loaders import runtime
+from loaders.apsis import ApsisStats, apsis
 from loaders.asapp_sftp import LoadStats, asapp_sftp
 from loaders.export_docs import load_export_docs
 from loaders.export_docs.diff import Change, diff, is_breaking
@@ -68,5 +69,19 @@ def load_asapp(feeds: Sequence[str] | None = None, since: str | None = None, str
     source = asapp_sftp(feeds=list(feeds) if feeds else None, since=since, stats=stats)
     stats.schema_changes = check_export_docs(stats, strict)
     info = pipeline.run(source, loader_file_format="parquet")
+    log.info("%s", info)
+    return stats
+
+
+APSIS_PIPELINE = "apsis"
+APSIS_DATASET = "apsis_raw"
+
+
+def load_apsis(start_at: str | None = None, end_at: str | None = None) -> ApsisStats:
+    """APSIS One export -> apsis_raw. Returns the run's counts."""
+    pipeline = runtime.pipeline(APSIS_PIPELINE, APSIS_DATASET)
+    finish_pending(pipeline)
+    stats = ApsisStats()
+    info = pipeline.run(apsis(start_at=start_at, end_at=end_at, stats=stats), loader_file_format="parquet")
     log.info("%s", info)
     return stats

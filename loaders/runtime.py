@@ -50,6 +50,9 @@ def configure() -> None:
     # Arrow batches skip dlt's normalizer: ask it to stamp the load id anyway, for lineage.
     os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    # DuckDB has one writer per file: parallel load jobs only add memory.
+    if target() == "duckdb":
+        os.environ.setdefault("LOAD__WORKERS", "1")
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
 
@@ -57,7 +60,15 @@ def destination() -> Any:
     import dlt
 
     if target() == "duckdb":
-        return dlt.destinations.duckdb(str(duckdb_path()))
+        from dlt.destinations.impl.duckdb.configuration import DuckDbCredentials
+
+        # Loading a large file must not take memory in proportion to it: cap DuckDB's buffers, and let it
+        # insert out of order (raw rows carry their file and line numbers).
+        config = {
+            "memory_limit": os.environ.get("ELT_DUCKDB_MEMORY_LIMIT", "512MB"),
+            "preserve_insertion_order": False,
+        }
+        return dlt.destinations.duckdb(credentials=DuckDbCredentials(str(duckdb_path()), global_config=config))
     env = os.environ
     credentials = {
         "host": env.get("ELT_PG_HOST", "127.0.0.1"),
