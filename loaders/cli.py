@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from loaders import runtime
@@ -65,7 +66,7 @@ def _fail(error: BaseException) -> NoReturn:
     if _state["debug"]:
         raise error
     cause = _root_cause(error)
-    console.print(f"[bold red]error:[/] {cause}")
+    console.print(f"[bold red]error:[/] {escape(str(cause))}")
     if cause is error:
         console.print("[dim](run with --debug for the traceback)[/]")
     raise typer.Exit(1)
@@ -135,7 +136,10 @@ def load_apsis(
     """APSIS One profile export -> raw tables in schema apsis_raw (requests, polls, streams, flattens)."""
     from loaders.pipelines import load_apsis as run
 
-    stats = _guard(lambda: run(start_at, end_at))
+    _print_apsis_summary(_guard(lambda: run(start_at, end_at)))
+
+
+def _print_apsis_summary(stats: Any) -> None:
     table = Table(title="elt load apsis")
     table.add_column("table")
     table.add_column("rows", justify="right")
@@ -230,15 +234,85 @@ def docs(
 
 
 @app.command()
-def run() -> None:
-    """The main job: load asapp, then dbt build."""
-    from loaders.pipelines import load_asapp as run_load
+def push(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate and show what would be sent; send nothing.")
+    ] = False,
+) -> None:
+    """customer_metadata -> ASAPP's many-customer-metadata API (new and changed rows; outcomes logged)."""
+    from rich.progress import Progress
 
-    stats = _guard(lambda: run_load(None, None))
-    _print_load_summary(stats)
+    from loaders.asapp_metadata import push as run_push
+
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("pushing batches", total=None)
+
+        def on_batch(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        stats = _guard(lambda: run_push(dry_run=dry_run, on_batch=on_batch))
+    _print_push_summary(stats, dry_run)
+
+
+def _print_push_summary(stats: Any, dry_run: bool) -> None:
+    import json
+
+    table = Table(title="elt push" + (" --dry-run" if dry_run else ""))
+    for col in (
+        "rows",
+        "unchanged",
+        "invalid (not sent)",
+        "to send" if dry_run else "sent",
+        "accepted",
+        "failed",
+        "batches",
+    ):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(stats.rows),
+        str(stats.unchanged),
+        str(stats.invalid),
+        str(len(stats.dry_run_items) if dry_run else stats.sent),
+        str(stats.accepted),
+        str(stats.failed),
+        str(stats.batches),
+    )
+    out.print(table)
+    for reason in stats.errors[:5]:
+        out.print(f"  [yellow]{escape(reason)}[/]")
+    if len(stats.errors) > 5:
+        out.print(f"  ... {len(stats.errors) - 5} more in the push log")
+    if dry_run:
+        for item in stats.dry_run_items[:3]:
+            out.print_json(json.dumps(item))
+        if len(stats.dry_run_items) > 3:
+            out.print(f"... and {len(stats.dry_run_items) - 3} more item(s)")
+    elif stats.failed or stats.invalid:
+        out.print(
+            "outcomes: select * from asapp_metadata.asapp_metadata_push_log; failed items are retried by the next push"
+        )
+
+
+@app.command()
+def run() -> None:
+    """The main job: load asapp, load apsis (when configured), dbt build, push (when ASAPP_API__BASE_URL is set)."""
+    from loaders.pipelines import load_apsis as run_apsis
+    from loaders.pipelines import load_asapp as run_asapp
+
+    _print_load_summary(_guard(lambda: run_asapp(None, None)))
+    if runtime.is_configured("sources.apsis.base_url"):
+        _print_apsis_summary(_guard(lambda: run_apsis(None, None)))
+    else:
+        out.print("APSIS is not configured (SOURCES__APSIS__BASE_URL): skipped")
     if not _guard(lambda: runtime.run_dbt(["build"])):
         console.print("[red]dbt build failed[/]")
         raise typer.Exit(1)
+    if runtime.is_configured("asapp_api.base_url"):
+        from loaders.asapp_metadata import push as run_push
+
+        _print_push_summary(_guard(lambda: run_push()), dry_run=False)
+    else:
+        out.print("ASAPP's metadata API is not configured (ASAPP_API__BASE_URL): push skipped")
 
 
 @app.command()
@@ -252,6 +326,8 @@ def demo(
     base = workdir or runtime.project_dir() / "warehouse" / "demo"
     summary = _guard(lambda: run_demo(base.resolve(), days=days))
     out.print(summary.table())
+    if summary.push is not None:
+        _print_push_summary(summary.push, dry_run=False)
     for line in summary.notes():
         out.print(line)
     if not summary.ok:

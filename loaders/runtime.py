@@ -56,6 +56,14 @@ def configure() -> None:
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
 
+def is_configured(key: str) -> bool:
+    """Whether a dlt setting (e.g. "sources.apsis.base_url") is set in the environment or .dlt/ files."""
+    import dlt
+
+    configure()
+    return bool(dlt.config.get(key))
+
+
 def destination() -> Any:
     import dlt
 

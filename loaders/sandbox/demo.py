@@ -6,13 +6,17 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from rich.table import Table
 
 from loaders import runtime
-from loaders.sandbox.exports import DEMO_FEEDS, generate_tree
+from loaders.sandbox.apsis_emulator import ApsisEmulator
+from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
+from loaders.sandbox.exports import CUSTOMERS, DEMO_FEEDS, generate_tree
 from loaders.sandbox.sftp_server import SandboxSftpServer
 
 
@@ -31,6 +35,8 @@ class DemoSummary:
     seconds: float
     ok: bool
     feeds: dict[str, FeedCounts] = field(default_factory=dict)
+    apsis: dict[str, tuple[int, int]] = field(default_factory=dict)  # table -> (raw rows, staged rows)
+    push: Any = None  # PushStats of the push to the ASAPP API emulator
 
     def table(self) -> Table:
         table = Table(title="elt demo")
@@ -52,6 +58,8 @@ class DemoSummary:
                 str(c.staged_rows),
                 str(c.raw_rows - c.staged_rows),
             )
+        for name, (raw, staged) in self.apsis.items():
+            table.add_row(f"apsis {name}", "", "", str(raw), str(staged), str(raw - staged))
         return table
 
     def notes(self) -> list[str]:
@@ -68,16 +76,29 @@ def run_demo(base: Path, days: int = 3) -> DemoSummary:
     started = time.monotonic()
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
-    tree = generate_tree(base / "exports", days=days)
+    tree = generate_tree(base / "exports", start=date(2026, 11, 1), days=days)
     os.environ["ELT_DUCKDB_PATH"] = str(base / "asapp.duckdb")
     os.environ["ELT_PIPELINES_DIR"] = str(base / "pipelines")
     os.environ["ELT_TARGET"] = "duckdb"
-    from loaders.pipelines import load_asapp
+    from loaders.pipelines import load_apsis, load_asapp
+
+    tree_start = datetime(2026, 11, 1, tzinfo=UTC)
+    tree_end = tree_start + timedelta(days=days)
 
     with SandboxSftpServer(tree.root, base / "keys") as endpoint:
         os.environ.update(endpoint.env())
         stats = load_asapp()
+    with ApsisEmulator(base / "apsis", profiles=CUSTOMERS, polls_until_ready=1) as apsis_api:
+        os.environ.update(apsis_api.env())
+        os.environ["SOURCES__APSIS__POLL_INITIAL_INTERVAL"] = "0.2"
+        load_apsis(start_at=(tree_start - timedelta(days=7)).isoformat(), end_at=tree_end.isoformat())
     ok = runtime.run_dbt(["--quiet", "build"]) and runtime.run_dbt(["--quiet", "docs", "generate"])
+    if ok:
+        from loaders.asapp_metadata import push
+
+        with AsappApiEmulator(reject_customers={"900013"}) as asapp_api:  # one customer ASAPP does not know
+            os.environ.update(asapp_api.env())
+            pushed = push()
     summary = DemoSummary(
         runtime.duckdb_path(), runtime.project_dir() / "target" / "index.html", time.monotonic() - started, ok
     )
@@ -89,4 +110,9 @@ def run_demo(base: Path, days: int = 3) -> DemoSummary:
             summary.feeds[feed] = FeedCounts(
                 s.partitions_loaded, s.partitions_waiting, raw[0] if raw else 0, staged[0] if staged else 0
             )
+        for raw_table, model in (("profiles", "profiles"), ("events", "events")):
+            raw_rows = con.execute(f"select count(*) from apsis_raw.{raw_table}").fetchone()
+            staged_rows = con.execute(f"select count(*) from staging.stg_apsis__{model}").fetchone() if ok else (0,)
+            summary.apsis[raw_table] = (raw_rows[0] if raw_rows else 0, staged_rows[0] if staged_rows else 0)
+    summary.push = pushed if ok else None
     return summary

@@ -18,9 +18,11 @@ from typing import Any
 
 from loaders.export_docs import Feed, load_export_docs
 
-DEMO_FEEDS = ("convos_intents", "convos_metrics", "customer_feedback", "utterances")
+DEMO_FEEDS = ("convos_intents", "convos_metadata", "convos_metrics", "customer_feedback", "utterances")
 COMPANY = "acme"
 INTENTS = ("BILLING", "PAYMENT", "OUTAGE", "UPGRADE", "CANCEL", "TECH_SUPPORT", "ROAMING")
+# Customer ids 900000..900199: the APSIS sandbox exports profiles for the same customers.
+CUSTOMERS = 200
 QUESTIONS = ("How satisfied are you?", "Was your issue resolved?", "Would you recommend us?")
 
 
@@ -108,7 +110,7 @@ class TreeGenerator:
         return [
             Issue(
                 first_id + i,
-                900_000 + self.rnd.randint(0, 5_000),
+                900_000 + self.rnd.randint(0, CUSTOMERS - 1),
                 f"rep{self.rnd.randint(1, 40)}",
                 at + timedelta(minutes=self.rnd.randint(0, 50)),
                 self.rnd.choice(INTENTS),
@@ -128,6 +130,25 @@ class TreeGenerator:
                 "first_utterance_ts": ts(issue.started_at),
                 "first_rep_id": issue.rep_id,
                 "instance_ts": ts(instance_at),
+            },
+            issue.started_at,
+        )
+
+    def metadata_row(self, issue: Issue, last_event_at: datetime) -> dict[str, Any]:
+        # The client's customer id (external_user_id) is the APSIS profile's customer_id attribute; a few
+        # guests carry ids the metadata API would refuse, so the push's validation has something to do.
+        guest = issue.issue_id % 50 == 0
+        return self._filler(
+            self.feeds["convos_metadata"],
+            {
+                "issue_id": issue.issue_id,
+                "conversation_id": issue.issue_id,
+                "customer_id": issue.customer_id,
+                "external_user_id": f"guest #{issue.issue_id}" if guest else str(issue.customer_id),
+                "external_issue_id": f"conv-{issue.issue_id}",
+                "auth_external_user_id": f"user{issue.customer_id}",
+                "first_event_ts": ts(issue.started_at),
+                "last_event_ts": ts(last_event_at),
             },
             issue.started_at,
         )
@@ -225,8 +246,9 @@ def generate_tree(
         issues = gen.issues_for_hour(at, issues_per_hour, next_id)
         next_id += issues_per_hour
         day_issues.setdefault(at.date(), []).extend(issues)
-        intents, metrics, utterances = [], [], []
+        intents, metrics, utterances, metadata = [], [], [], []
         for issue in issues:
+            metadata.append(gen.metadata_row(issue, issue.started_at))
             intents.append(gen.intents_row(issue, issue.intent, at))
             summary.expected_intent[issue.issue_id] = issue.intent
             metrics.append(gen.metrics_row(issue, round(gen.rnd.uniform(60, 900), 1)))
@@ -239,12 +261,14 @@ def generate_tree(
             intents.append(gen.intents_row(issue, final, instance_at))
             summary.expected_intent[issue.issue_id] = final
             metrics.append(gen.metrics_row(issue, round(gen.rnd.uniform(900, 1800), 1)))
+            metadata.append(gen.metadata_row(issue, at + timedelta(minutes=5)))
             if i % 4 == 0:
                 utterances += gen.utterance_rows(issue)[:1]  # an exact re-export of an utterance
         gen.rnd.shuffle(intents)
         last = index == len(hours) - 1
         emit("convos_intents", at, intents, index)
         emit("convos_metrics", at, metrics, index)
+        emit("convos_metadata", at, metadata, index)
         emit("utterances", at, utterances, index, success=not last)  # the newest export is still running
         previous = issues
     for day, issues in sorted(day_issues.items()):

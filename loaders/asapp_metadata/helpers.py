@@ -1,0 +1,198 @@
+"""Items for ASAPP's many-customer-metadata endpoint: built from mart rows, validated against the published
+OpenAPI schema, identified by a content hash; and a client that batches, paces and retries as documented."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import requests
+import yaml
+from openapi_schema_validator import OAS30Validator
+
+from loaders.asapp_metadata import settings
+
+log = logging.getLogger(__name__)
+
+
+class PushError(RuntimeError):
+    """The push cannot go on (configuration, authentication): the message says what to fix."""
+
+
+@cache
+def spec() -> dict[str, Any]:
+    return yaml.safe_load(settings.SPEC_PATH.read_text(encoding="utf-8"))
+
+
+@cache
+def item_validator() -> OAS30Validator:
+    """The spec's item schema, with its patterns anchored: the published ones ('[a-zA-Z0-9\\-\\_]+') match any
+    string holding one such character; the service expects the whole value to match."""
+    body = spec()["paths"][settings.ENDPOINT]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    schema = copy.deepcopy(body["properties"]["items"]["items"])
+
+    def anchor(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str) and not node["pattern"].startswith("^"):
+                node["pattern"] = f"^(?:{node['pattern']})$"
+            for value in node.values():
+                anchor(value)
+        elif isinstance(node, list):
+            for value in node:
+                anchor(value)
+
+    anchor(schema)
+    return OAS30Validator(schema, format_checker=OAS30Validator.FORMAT_CHECKER)
+
+
+def validate_item(item: dict[str, Any]) -> list[str]:
+    """Every reason the item breaks the spec (empty when valid)."""
+    errors = []
+    for error in sorted(item_validator().iter_errors(item), key=lambda e: [str(p) for p in e.absolute_path]):
+        where = ".".join(str(p) for p in error.absolute_path) or "item"
+        errors.append(f"{where}: {_reason(error.validator, error.validator_value, error.message)}")
+    return errors
+
+
+def _reason(rule: Any, limit: Any, message: str) -> str:
+    """The rule that failed, without echoing the (possibly long, possibly personal) value."""
+    return {
+        "maxLength": f"longer than {limit} characters",
+        "maxItems": f"more than {limit} items",
+        "pattern": f"does not match {limit}",
+        "format": f"is not a valid {limit}",
+        "type": f"is not of type {limit}",
+    }.get(str(rule), message[:200])
+
+
+def content_hash(item: dict[str, Any]) -> str:
+    """Hash of everything sent but the eventId: the same content always has the same hash."""
+    payload = {k: v for k, v in item.items() if k != "eventId"}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def build_item(row: dict[str, Any], attributes: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """A mart row (and its attributes) as an API item; a deterministic eventId from the content."""
+    item: dict[str, Any] = {}
+    for column, field in settings.FIELDS.items():
+        value = row.get(column)
+        if value is not None and value != "":
+            item[field] = str(value)
+    if attributes:
+        item["attributes"] = [{"name": str(n), "value": "" if v is None else str(v)} for n, v in attributes]
+    item["eventId"] = f"elt-{content_hash(item)[:40]}"
+    return item
+
+
+@dataclass(frozen=True)
+class ItemOutcome:
+    event_id: str
+    status: str  # accepted | already_persisted | failed | rejected (400) | unknown
+    http_status: int
+    error: str
+
+
+class RateLimiter:
+    """At most `rate` requests per second (the API's spike limit), evenly spaced."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if delay > 0:
+            time.sleep(delay)
+
+
+class MetadataClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_id: str,
+        api_secret: str,
+        *,
+        rate: float = settings.MAX_REQUESTS_PER_SECOND,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.url = base_url.rstrip("/") + settings.ENDPOINT
+        self.session = requests.Session()
+        self.session.headers.update(
+            {"asapp-api-id": api_id, "asapp-api-secret": api_secret, "Content-Type": "application/json"}
+        )
+        self.limiter = RateLimiter(rate)
+        self.sleep = sleep
+
+    def post_batch(self, items: list[dict[str, Any]]) -> list[ItemOutcome]:
+        """Send one batch; retry 429 (1 s, 2 s, 4 s) and 5xx (250 ms, 500 ms, 1 s); never other 4xx."""
+        attempt_429 = attempt_5xx = 0
+        while True:
+            self.limiter.wait()
+            try:
+                response = self.session.post(
+                    self.url, data=json.dumps({"items": items}), timeout=settings.REQUEST_TIMEOUT_S
+                )
+            except requests.RequestException as e:
+                if attempt_5xx < len(settings.RETRY_5XX_S):
+                    self.sleep(settings.RETRY_5XX_S[attempt_5xx])
+                    attempt_5xx += 1
+                    continue
+                return [ItemOutcome(i["eventId"], "failed", 0, f"connection error: {type(e).__name__}") for i in items]
+            status = response.status_code
+            if status == 429 and attempt_429 < len(settings.RETRY_429_S):
+                self.sleep(settings.RETRY_429_S[attempt_429])
+                attempt_429 += 1
+                continue
+            if status >= 500 and attempt_5xx < len(settings.RETRY_5XX_S):
+                self.sleep(settings.RETRY_5XX_S[attempt_5xx])
+                attempt_5xx += 1
+                continue
+            return self._outcomes(items, response)
+
+    @staticmethod
+    def _outcomes(items: list[dict[str, Any]], response: requests.Response) -> list[ItemOutcome]:
+        status = response.status_code
+        if status in (401, 403):
+            raise PushError(
+                f"ASAPP refused the credentials (HTTP {status}): check ASAPP_API__API_ID and ASAPP_API__API_SECRET"
+            )
+        if status == 409:
+            return [ItemOutcome(i["eventId"], "already_persisted", status, "") for i in items]
+        if status in (200, 400):
+            try:
+                body = response.json()
+                results = {r.get("eventId"): r.get("error") or "" for r in body.get("results") or []}
+            except (ValueError, AttributeError):
+                body, results = {}, {}
+            outcomes = []
+            for item in items:
+                if item["eventId"] in results:
+                    error = results[item["eventId"]]
+                    ok = status == 200 and not error
+                    outcomes.append(
+                        ItemOutcome(
+                            item["eventId"],
+                            "accepted" if ok else "failed" if status == 200 else "rejected",
+                            status,
+                            error,
+                        )
+                    )
+                elif status == 200 and not body.get("errorCount"):
+                    outcomes.append(ItemOutcome(item["eventId"], "accepted", status, ""))
+                else:  # not reported on: never assume it was taken
+                    outcomes.append(ItemOutcome(item["eventId"], "unknown", status, "no result returned for the item"))
+            return outcomes
+        text = response.text[:300]
+        return [ItemOutcome(i["eventId"], "failed", status, f"HTTP {status}: {text}") for i in items]

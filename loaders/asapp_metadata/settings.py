@@ -1,0 +1,30 @@
+"""ASAPP Metadata Ingestion API: the many-customer-metadata endpoint and its documented limits
+(reference: asapp-many-customer-metadata.txt and the OpenAPI spec shipped beside this file)."""
+
+from pathlib import Path
+
+SPEC_PATH = Path(__file__).with_name("openapi.yml")  # ASAPP's published Metadata Ingestion OpenAPI spec
+ENDPOINT = "/metadata-ingestion/v1/many-customer-metadata"
+BATCH_SIZE = 1000  # maxItems of the request's items
+MAX_REQUESTS_PER_SECOND = 100.0  # spike limit
+RETRY_429_S = (1.0, 2.0, 4.0)
+RETRY_5XX_S = (0.25, 0.5, 1.0)
+REQUEST_TIMEOUT_S = 60.0
+
+MART = "customer_metadata"  # one row per (external_conversation_id, external_customer_id)
+MART_ATTRIBUTES = "customer_metadata_attributes"  # up to 10 (name, value) per key
+LOG_DATASET = "asapp_metadata"
+LOG_TABLE = "asapp_metadata_push_log"
+
+# mart column -> API field
+FIELDS = {
+    "external_conversation_id": "externalConversationId",
+    "external_customer_id": "externalCustomerId",
+    "status": "status",
+    "phone_number": "phoneNumber",
+    "email_address": "emailAddress",
+    "user_id": "userId",
+    "address_country": "addressCountry",
+    "address_state": "addressState",
+    "address_zipcode": "addressZipcode",
+}

@@ -1,0 +1,122 @@
+"""An emulator of ASAPP's Metadata Ingestion API (many-customer-metadata) on 127.0.0.1.
+
+Requests are validated against ASAPP's published OpenAPI spec with openapi-core. Items it rejects (the
+configured customers) come back in a 200 partial success, as the documentation shows; a batch whose items
+are all rejected gets 400. 429 and 5xx are injected on demand. Every request is recorded with its time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from openapi_core import OpenAPI
+from openapi_core.contrib.requests import RequestsOpenAPIRequest
+
+from loaders.asapp_metadata.helpers import spec
+from loaders.asapp_metadata.settings import ENDPOINT
+from loaders.sandbox.http_server import JsonHandler, LocalServer
+
+
+@dataclass
+class ApiState:
+    api_id: str
+    api_secret: str
+    reject_customers: set[str] = field(default_factory=set)  # items for them fail (partial success)
+    inject: list[int] = field(default_factory=list)  # statuses answered to the next requests
+    received: list[tuple[float, int, list[str]]] = field(default_factory=list)  # (time, status, event ids)
+    persisted: dict[str, dict[str, Any]] = field(default_factory=dict)  # eventId -> item
+    invalid_requests: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _openapi() -> OpenAPI:
+    document = copy.deepcopy(spec())
+    document["servers"] = [{"url": "/"}]  # validate whatever host we are reached at
+    return OpenAPI.from_dict(document)
+
+
+def make_handler(state: ApiState) -> type[JsonHandler]:
+    openapi = _openapi()
+
+    class Handler(JsonHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length)
+            status, body = self._answer(raw)
+            with state.lock:
+                try:
+                    ids = [i.get("eventId") for i in json.loads(raw or b"{}").get("items") or []]
+                except (ValueError, AttributeError):
+                    ids = []
+                state.received.append((time.monotonic(), status, ids))
+            self.send_json(status, body)
+
+        def _answer(self, raw: bytes) -> tuple[int, Any]:
+            if self.path != ENDPOINT:
+                return 404, {"error": {"requestId": uuid.uuid4().hex, "message": "Not Found", "code": "404-01"}}
+            if (
+                self.headers.get("asapp-api-id") != state.api_id
+                or self.headers.get("asapp-api-secret") != state.api_secret
+            ):
+                return 401, {"error": {"requestId": uuid.uuid4().hex, "message": "Unauthorized", "code": "401-01"}}
+            with state.lock:
+                injected = state.inject.pop(0) if state.inject else None
+            if injected is not None:
+                return injected, {
+                    "error": {"requestId": uuid.uuid4().hex, "message": "injected", "code": f"{injected}-01"}
+                }
+            request = requests.Request(
+                "POST", f"http://{self.headers['Host']}{self.path}", data=raw, headers=dict(self.headers.items())
+            ).prepare()
+            errors = list(openapi.iter_request_errors(RequestsOpenAPIRequest(request)))
+            if errors:
+                detail = "; ".join(str(getattr(e, "schema_errors", None) or e) for e in errors)[:500]
+                state.invalid_requests.append(detail)
+                return 400, {"errorCount": 1, "results": [{"eventId": "", "error": f"FAIL_BAD_PARAMS: {detail}"}]}
+            items = json.loads(raw)["items"]
+            results = []
+            for item in items:
+                event_id = item.get("eventId") or str(uuid.uuid1())
+                if item["externalCustomerId"] in state.reject_customers:
+                    results.append({"eventId": event_id, "error": "FAIL_BAD_PARAMS: ERROR: customer is unknown"})
+                else:
+                    with state.lock:
+                        state.persisted[event_id] = item
+                    results.append({"eventId": event_id, "error": ""})
+            error_count = sum(1 for r in results if r["error"])
+            return (400 if error_count == len(results) else 200), {"errorCount": error_count, "results": results}
+
+    return Handler
+
+
+class AsappApiEmulator:
+    def __init__(self, api_id: str = "sandbox-api-id", api_secret: str | None = None, **options: Any) -> None:
+        self.state = ApiState(api_id, api_secret or uuid.uuid4().hex, **options)
+        self.server = LocalServer(make_handler(self.state))
+
+    def start(self) -> str:
+        return self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "ASAPP_API__BASE_URL": self.server.base_url,
+            "ASAPP_API__API_ID": self.state.api_id,
+            "ASAPP_API__API_SECRET": self.state.api_secret,
+        }
+
+    def __enter__(self) -> AsappApiEmulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
