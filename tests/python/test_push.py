@@ -1,0 +1,209 @@
+"""`elt push` against the ASAPP metadata API emulator over real HTTP (which validates every request against
+ASAPP's OpenAPI spec): batching, partial success, change detection, back-off, local validation, dry run."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from loaders.asapp_metadata import push
+from loaders.asapp_metadata.helpers import RateLimiter
+from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
+from tests.python.helpers import elt, query
+
+LOG = "asapp_metadata.asapp_metadata_push_log"
+
+
+def write_mart(db: Path, n: int, bad: dict[int, dict[str, str]] | None = None, status: str = "known") -> None:
+    """The two mart tables `elt build` produces, with n rows (row i overridden by bad[i])."""
+    with duckdb.connect(str(db)) as con:
+        con.execute("create schema if not exists marts")
+        con.execute("""create or replace table marts.customer_metadata (external_conversation_id varchar,
+            external_customer_id varchar, status varchar, phone_number varchar, email_address varchar,
+            user_id varchar, address_country varchar, address_state varchar, address_zipcode varchar)""")
+        con.execute("""create or replace table marts.customer_metadata_attributes (external_conversation_id
+            varchar, external_customer_id varchar, attribute_name varchar, attribute_value varchar,
+            attribute_rank bigint)""")
+        rows = []
+        for i in range(n):
+            row = {
+                "c": f"conv-{i}",
+                "u": f"c{i}",
+                "status": status,
+                "phone": f"+1555{i:07d}",
+                "email": f"c{i}@example.com",
+                **(bad or {}).get(i, {}),
+            }
+            rows.append(
+                (row["c"], row["u"], row["status"], row["phone"], row["email"], f"user{i}", "SE", None, "11122")
+            )
+        con.executemany("insert into marts.customer_metadata values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        con.executemany(
+            "insert into marts.customer_metadata_attributes values (?, ?, ?, ?, ?)",
+            [(f"conv-{i}", f"c{i}", "tier", "gold", 1) for i in range(min(n, 10))],
+        )
+
+
+@pytest.fixture
+def api(warehouse: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsappApiEmulator]:
+    emu = AsappApiEmulator()
+    emu.start()
+    for k, v in emu.env().items():
+        monkeypatch.setenv(k, v)
+    yield emu
+    emu.stop()
+
+
+def sent(api: AsappApiEmulator) -> list[int]:
+    return [len(ids) for _, _, ids in api.state.received]
+
+
+def test_batches_of_1000_and_everything_logged(api: AsappApiEmulator, warehouse: Path) -> None:
+    write_mart(warehouse, 2500)
+    stats = push()
+    assert sent(api) == [1000, 1000, 500]
+    assert (stats.sent, stats.accepted, stats.failed, stats.batches) == (2500, 2500, 0, 3)
+    assert len(api.state.persisted) == 2500
+    assert query(warehouse, f"select status, count(*), count(distinct batch_id) from {LOG} group by 1") == [
+        ("accepted", 2500, 3)
+    ]
+    item = next(iter(api.state.persisted.values()))
+    assert item["attributes"] == [{"name": "tier", "value": "gold"}] or "attributes" not in item
+
+
+def test_partial_success_is_recorded_and_retried_next_run(api: AsappApiEmulator, warehouse: Path) -> None:
+    write_mart(warehouse, 20)
+    api.state.reject_customers = {"c7"}
+    stats = push()
+    assert (stats.accepted, stats.failed) == (19, 1)
+    assert query(
+        warehouse, f"select external_customer_id, status, http_status, error from {LOG} where status <> 'accepted'"
+    ) == [("c7", "failed", 200, "FAIL_BAD_PARAMS: ERROR: customer is unknown")]
+    api.state.reject_customers = set()
+    stats = push()
+    assert sent(api) == [20, 1]  # only the failed item again
+    assert (stats.sent, stats.accepted, stats.unchanged) == (1, 1, 19)
+
+
+def test_unchanged_rows_are_not_sent_again_changed_ones_are(api: AsappApiEmulator, warehouse: Path) -> None:
+    write_mart(warehouse, 30)
+    push()
+    assert push().sent == 0
+    assert sent(api) == [30]
+    write_mart(warehouse, 30, bad={3: {"status": "vip"}})
+    stats = push()
+    assert sent(api) == [30, 1] and stats.unchanged == 29
+    changed = api.state.received[-1][2][0]
+    assert api.state.persisted[changed]["status"] == "vip"
+
+
+def test_event_id_is_deterministic(api: AsappApiEmulator, warehouse: Path) -> None:
+    write_mart(warehouse, 3)
+    push()
+    first = set(api.state.received[0][2])
+    api.state.received.clear()
+    with duckdb.connect(str(warehouse)) as con:
+        con.execute(f"delete from {LOG}")  # forget what was sent: the same items get the same eventIds
+    push()
+    assert set(api.state.received[0][2]) == first
+
+
+def test_429_is_retried_after_1_2_and_4_seconds(api: AsappApiEmulator, warehouse: Path) -> None:
+    write_mart(warehouse, 5)
+    api.state.inject = [429, 429, 429]
+    stats = push()
+    times = [t for t, _, _ in api.state.received]
+    assert [s for _, s, _ in api.state.received] == [429, 429, 429, 200]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[0] >= 1.0 and gaps[1] >= 2.0 and gaps[2] >= 4.0
+    assert stats.accepted == 5
+
+
+def test_5xx_is_retried_after_250_500_1000_ms_then_recorded(api: AsappApiEmulator, warehouse: Path) -> None:
+    write_mart(warehouse, 5)
+    api.state.inject = [500, 503, 502, 500]
+    stats = push()
+    times = [t for t, _, _ in api.state.received]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(times) == 4  # first try and three retries, then it gives up
+    assert gaps[0] >= 0.25 and gaps[1] >= 0.5 and gaps[2] >= 1.0
+    assert stats.failed == 5
+    assert query(warehouse, f"select distinct status, http_status from {LOG}") == [("failed", 500)]
+    assert push().accepted == 5  # retried on the next run
+
+
+def test_other_4xx_are_not_retried(api: AsappApiEmulator, warehouse: Path) -> None:
+    write_mart(warehouse, 5)
+    api.state.inject = [422]
+    stats = push()
+    assert len(api.state.received) == 1 and stats.failed == 5
+
+
+def test_409_means_already_persisted(api: AsappApiEmulator, warehouse: Path) -> None:
+    write_mart(warehouse, 4)
+    api.state.inject = [409]
+    stats = push()
+    assert stats.accepted == 4
+    assert query(warehouse, f"select distinct status from {LOG}") == [("already_persisted",)]
+    assert push().sent == 0
+
+
+def test_invalid_items_are_rejected_locally_with_reasons(api: AsappApiEmulator, warehouse: Path) -> None:
+    write_mart(warehouse, 5, bad={1: {"u": "guest #1"}, 2: {"phone": "call me", "email": "nope"}})
+    stats = push()
+    assert stats.invalid == 2 and stats.sent == 3
+    assert api.state.invalid_requests == []  # nothing the spec refuses ever reached the API
+    reasons = dict(query(warehouse, f"select external_customer_id, error from {LOG} where status = 'invalid'"))
+    assert reasons["guest #1"].startswith("externalCustomerId: does not match")
+    assert "phoneNumber: does not match" in reasons["c2"] and "emailAddress: is not a valid email" in reasons["c2"]
+    assert push().sent == 0  # still invalid: not sent, not logged again
+    assert query(warehouse, f"select count(*) from {LOG} where status = 'invalid'") == [(2,)]
+
+
+def test_dry_run_sends_nothing(api: AsappApiEmulator, warehouse: Path) -> None:
+    write_mart(warehouse, 12, bad={0: {"u": "bad id"}})
+    result = elt("push", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert api.state.received == []
+    assert "externalConversationId" in result.stdout and "11" in result.stdout
+    assert query(
+        warehouse, "select count(*) from information_schema.tables where table_name = 'asapp_metadata_push_log'"
+    ) == [(0,)]
+
+
+def test_wrong_credentials_stop_with_a_clear_error_and_no_secret(
+    api: AsappApiEmulator, warehouse: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_mart(warehouse, 2)
+    monkeypatch.setenv("ASAPP_API__API_SECRET", "s3cr3t-value-that-must-not-leak")
+    result = elt("push")
+    assert result.returncode == 1
+    assert "refused the credentials" in result.stderr
+    assert "s3cr3t-value-that-must-not-leak" not in result.stdout + result.stderr
+
+
+def test_missing_mart_is_a_clear_error(api: AsappApiEmulator, warehouse: Path) -> None:
+    result = elt("push")
+    assert result.returncode == 1 and "run `elt build` first" in result.stderr
+
+
+def test_rate_limiter_spaces_requests() -> None:
+    limiter = RateLimiter(100.0)
+    started = time.monotonic()
+    for _ in range(51):
+        limiter.wait()
+    assert time.monotonic() - started >= 0.49  # 50 intervals of 10 ms
+
+
+def test_batch_with_every_item_refused_is_recorded_as_rejected(api: AsappApiEmulator, warehouse: Path) -> None:
+    write_mart(warehouse, 3)
+    api.state.reject_customers = {"c0", "c1", "c2"}
+    stats = push()
+    assert [s for _, s, _ in api.state.received] == [400]
+    assert stats.failed == 3
+    assert query(warehouse, f"select distinct status, http_status from {LOG}") == [("rejected", 400)]
