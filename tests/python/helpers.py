@@ -1,26 +1,104 @@
-"""Small helpers shared by the tests: read the warehouse, run the CLI as a user would."""
+"""Small helpers shared by the tests: read the warehouse (DuckDB or Postgres), run the CLI as a user would."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import psycopg2
 
 PROJECT = Path(__file__).resolve().parents[2]
 ELT = str(Path(sys.executable).parent / "elt")
 
 
-def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    with duckdb.connect(str(db)) as con:  # same config as dbt-duckdb's in-process connection
-        return con.execute(sql).fetchall()
+class Warehouse:
+    engine: str
+    dir: Path
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """sql with ? placeholders."""
+        raise NotImplementedError
+
+    def exists(self) -> bool:
+        return True
+
+    @property
+    def parent(self) -> Path:
+        return self.dir
 
 
-def scalar(db: Path, sql: str) -> Any:
-    return query(db, sql)[0][0]
+@dataclass
+class DuckDbWarehouse(Warehouse):
+    path: Path
+    engine: str = "duckdb"
+
+    @property
+    def dir(self) -> Path:  # type: ignore[override]
+        return self.path.parent
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        with duckdb.connect(str(self.path)) as con:  # same config as dbt-duckdb's in-process connection
+            return con.execute(sql).fetchall()
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with duckdb.connect(str(self.path)) as con:
+            if rows:
+                con.executemany(sql, rows)
+            else:
+                con.execute(sql)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+
+@dataclass
+class PgWarehouse(Warehouse):
+    port: int
+    database: str
+    dir: Path  # type: ignore[misc]
+    engine: str = "postgres"
+
+    def _connect(self) -> Any:
+        return psycopg2.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=self.database)
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        con = self._connect()
+        try:
+            with con.cursor() as cur:
+                cur.execute(sql)
+                return list(cur.fetchall()) if cur.description else []
+        finally:
+            con.commit()
+            con.close()
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        con = self._connect()
+        try:
+            with con.cursor() as cur:
+                if rows:
+                    cur.executemany(sql.replace("?", "%s"), rows)
+                else:
+                    cur.execute(sql)
+            con.commit()
+        finally:
+            con.close()
+
+
+def query(db: Warehouse, sql: str) -> list[tuple[Any, ...]]:
+    return db.query(sql)
+
+
+def scalar(db: Warehouse, sql: str) -> Any:
+    return db.query(sql)[0][0]
 
 
 def elt(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -18,11 +18,11 @@ from loaders import runtime
 from loaders.apsis.helpers import ApsisRequestError, ExportRequest, find_poll_url, validate
 from loaders.pipelines import load_apsis
 from loaders.sandbox.apsis_emulator import ATTRIBUTES, ApsisEmulator
-from tests.python.helpers import ELT, PROJECT, elt, query, scalar
+from tests.python.helpers import ELT, PROJECT, DuckDbWarehouse, Warehouse, elt, query, scalar
 
 
 @pytest.fixture
-def emulator(tmp_path: Path, warehouse: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApsisEmulator]:
+def emulator(tmp_path: Path, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApsisEmulator]:
     emu = ApsisEmulator(tmp_path / "apsis", polls_until_ready=2)
     emu.start()
     for k, v in emu.env().items():
@@ -34,7 +34,7 @@ def emulator(tmp_path: Path, warehouse: Path, monkeypatch: pytest.MonkeyPatch) -
     emu.stop()
 
 
-def test_happy_path_lands_all_tables_and_builds(emulator: ApsisEmulator, warehouse: Path) -> None:
+def test_happy_path_lands_all_tables_and_builds(emulator: ApsisEmulator, warehouse: Warehouse) -> None:
     stats = load_apsis(start_at="2026-11-01T00:00:00Z", end_at="2026-11-08T00:00:00Z")
     assert stats.exports == 1
     statuses = [s for s, _ in emulator.state.polls]
@@ -63,7 +63,7 @@ def test_happy_path_lands_all_tables_and_builds(emulator: ApsisEmulator, warehou
     # everything requested: all attributes, tags and event types found through the reference endpoints
     assert emulator.state.requests[0]["attributes"] == [a for a, _, _ in ATTRIBUTES]
 
-    assert runtime.run_dbt(["build", "--select", "staging.apsis"])
+    assert runtime.run_dbt(["build", "--select", "staging.apsis", "--indirect-selection", "cautious"])
     raw_events = scalar(warehouse, "select count(*) from apsis_raw.events")
     staged = scalar(warehouse, "select count(*) from staging.stg_apsis__events")
     assert 0 < staged < raw_events  # retries removed
@@ -78,14 +78,14 @@ def test_happy_path_lands_all_tables_and_builds(emulator: ApsisEmulator, warehou
 
 
 @pytest.mark.parametrize("status", [410, 503])
-def test_gone_or_failed_export_is_requested_again(emulator: ApsisEmulator, warehouse: Path, status: int) -> None:
+def test_gone_or_failed_export_is_requested_again(emulator: ApsisEmulator, warehouse: Warehouse, status: int) -> None:
     emulator.state.inject_poll = [404, status]
     load_apsis(start_at="2026-11-01", end_at="2026-11-02")
     assert len(emulator.state.requests) == 2
     assert scalar(warehouse, "select count(*) from apsis_raw.profiles") == 40  # loaded once
 
 
-def test_repeated_processing_failure_ends_with_a_clear_error(emulator: ApsisEmulator, warehouse: Path) -> None:
+def test_repeated_processing_failure_ends_with_a_clear_error(emulator: ApsisEmulator, warehouse: Warehouse) -> None:
     emulator.state.inject_poll = [503, 503, 503]
     result = elt("load", "apsis", "--start-at", "2026-11-01", "--end-at", "2026-11-02")
     assert result.returncode == 1
@@ -94,7 +94,7 @@ def test_repeated_processing_failure_ends_with_a_clear_error(emulator: ApsisEmul
     assert len(emulator.state.requests) == 3
 
 
-def test_429_backs_off_on_polls_and_requests(emulator: ApsisEmulator, warehouse: Path) -> None:
+def test_429_backs_off_on_polls_and_requests(emulator: ApsisEmulator, warehouse: Warehouse) -> None:
     emulator.state.inject_request = [429]
     emulator.state.inject_poll = [429, 429]
     load_apsis(start_at="2026-11-01", end_at="2026-11-02")
@@ -103,7 +103,7 @@ def test_429_backs_off_on_polls_and_requests(emulator: ApsisEmulator, warehouse:
     assert scalar(warehouse, "select count(*) from apsis_raw.profiles") == 40
 
 
-def test_token_is_refreshed_once_on_401(emulator: ApsisEmulator, warehouse: Path) -> None:
+def test_token_is_refreshed_once_on_401(emulator: ApsisEmulator, warehouse: Warehouse) -> None:
     emulator.state.revoke_on_poll = 2
     load_apsis(start_at="2026-11-01", end_at="2026-11-02")
     assert emulator.state.token_requests == 2
@@ -119,7 +119,7 @@ def test_wrong_credentials_are_one_clear_error(emulator: ApsisEmulator, monkeypa
 
 @pytest.mark.parametrize(("gzip", "wrap"), [(False, False), (True, True), (False, True)])
 def test_plain_gzip_and_wrapped_exports(
-    emulator: ApsisEmulator, warehouse: Path, monkeypatch: pytest.MonkeyPatch, gzip: bool, wrap: bool
+    emulator: ApsisEmulator, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, gzip: bool, wrap: bool
 ) -> None:
     monkeypatch.setenv("SOURCES__APSIS__GZIP", str(gzip).lower())
     emulator.state.wrap_profiles = wrap
@@ -129,7 +129,7 @@ def test_plain_gzip_and_wrapped_exports(
     assert scalar(warehouse, "select count(*) from apsis_raw.profiles where profile_key = 'metadata'") == 0
 
 
-def test_long_windows_are_split_into_three_month_exports(emulator: ApsisEmulator, warehouse: Path) -> None:
+def test_long_windows_are_split_into_three_month_exports(emulator: ApsisEmulator, warehouse: Warehouse) -> None:
     stats = load_apsis(start_at="2026-01-01", end_at="2026-08-15")
     assert [(r["start_at"], r["end_at"]) for r in emulator.state.requests] == [
         ("2026-01-01T00:00:00Z", "2026-04-01T00:00:00Z"),
@@ -145,7 +145,7 @@ def test_end_at_defaults_to_a_week_after_start_at(emulator: ApsisEmulator) -> No
     assert emulator.state.requests[0]["end_at"] == "2026-11-08T00:00:00Z"
 
 
-def test_incremental_run_starts_at_last_end_minus_overlap(emulator: ApsisEmulator, warehouse: Path) -> None:
+def test_incremental_run_starts_at_last_end_minus_overlap(emulator: ApsisEmulator, warehouse: Warehouse) -> None:
     load_apsis(start_at="2026-11-01", end_at="2026-11-02")
     load_apsis()  # next run: from the last end_at minus the 6 h overlap, to now
     second = emulator.state.requests[1]
@@ -192,7 +192,7 @@ def test_poll_url_is_found_in_the_response(body: object, url: str) -> None:
     assert find_poll_url(body) == url
 
 
-def test_poll_url_under_another_name(emulator: ApsisEmulator, warehouse: Path) -> None:
+def test_poll_url_under_another_name(emulator: ApsisEmulator, warehouse: Warehouse) -> None:
     emulator.state.poll_field = ""  # the URL only appears inside a message
     load_apsis(start_at="2026-11-01", end_at="2026-11-02")
     assert scalar(warehouse, "select count(*) from apsis_raw.profiles") == 40
@@ -223,7 +223,7 @@ def _peak_rss(args: list[str], env: dict[str, str]) -> int:
 
 
 @pytest.mark.slow
-def test_large_export_is_parsed_with_flat_memory(emulator: ApsisEmulator, warehouse: Path, tmp_path: Path) -> None:
+def test_large_export_is_parsed_with_flat_memory(emulator: ApsisEmulator, warehouse: Warehouse, tmp_path: Path) -> None:
     """Peak RSS of `elt load apsis` on a ~15 MB and a ~320 MB export differ by far less than the file size.
 
     The parse itself is flat (ijson, one profile at a time, 50k-row Arrow batches); what remains is DuckDB's
@@ -240,6 +240,9 @@ def test_large_export_is_parsed_with_flat_memory(emulator: ApsisEmulator, wareho
         peaks.append(_peak_rss([ELT, "load", "apsis", "--start-at", "2026-11-01", "--end-at", "2026-11-02"], env))
         newest = max(emulator.state.exports.values(), key=lambda e: e.created)
         sizes.append(newest.path.stat().st_size)  # uncompressed JSON (it travels gzip)
-        assert scalar(Path(env["ELT_DUCKDB_PATH"]), "select profiles_rows from apsis_raw.exports") == profiles
+        assert (
+            scalar(DuckDbWarehouse(Path(env["ELT_DUCKDB_PATH"])), "select profiles_rows from apsis_raw.exports")
+            == profiles
+        )
     assert sizes[1] > 200_000_000 and sizes[0] < 15_000_000, sizes
     assert peaks[1] - peaks[0] < 200_000_000, (peaks, sizes)

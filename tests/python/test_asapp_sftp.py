@@ -10,7 +10,7 @@ import pytest
 
 from loaders.pipelines import load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
-from tests.python.helpers import elt, query, scalar
+from tests.python.helpers import Warehouse, elt, query, scalar
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 
@@ -22,7 +22,7 @@ def rows(start: int, n: int, **extra: object) -> list[dict[str, object]]:
     ]
 
 
-def test_partition_waits_for_success_and_loads_once(exports: Path, warehouse: Path) -> None:
+def test_partition_waits_for_success_and_loads_once(exports: Path, warehouse: Warehouse) -> None:
     write_partition(exports, "convos_intents", T0, rows(1, 5))
     late = write_partition(exports, "convos_intents", T0.replace(hour=11), rows(100, 3), success=False)
 
@@ -46,7 +46,7 @@ def test_partition_waits_for_success_and_loads_once(exports: Path, warehouse: Pa
     assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 8
 
 
-def test_split_gzip_files_and_lineage(exports: Path, warehouse: Path) -> None:
+def test_split_gzip_files_and_lineage(exports: Path, warehouse: Warehouse) -> None:
     write_partition(exports, "utterances", T0, rows(1, 30), splits=3, gz=True)
     write_partition(exports, "utterances", T0.replace(minute=15), rows(50, 4))
     load_asapp()
@@ -75,7 +75,7 @@ def test_split_gzip_files_and_lineage(exports: Path, warehouse: Path) -> None:
     ) == [("2", 1), ("5", 2)]
 
 
-def test_values_land_as_exported_text(exports: Path, warehouse: Path) -> None:
+def test_values_land_as_exported_text(exports: Path, warehouse: Warehouse) -> None:
     write_partition(
         exports,
         "convos_metrics",
@@ -101,7 +101,7 @@ def test_values_land_as_exported_text(exports: Path, warehouse: Path) -> None:
     assert got == [("1", "true", "12.5", "web", "2019-09-22T13:12:26.073000+00:00", '{"a":[1,2]}')]
 
 
-def test_empty_partition_and_new_columns(exports: Path, warehouse: Path) -> None:
+def test_empty_partition_and_new_columns(exports: Path, warehouse: Warehouse) -> None:
     write_partition(exports, "convos_intents", T0, [])
     write_partition(exports, "convos_intents", T0.replace(hour=11), rows(1, 2))
     stats = load_asapp()
@@ -113,7 +113,7 @@ def test_empty_partition_and_new_columns(exports: Path, warehouse: Path) -> None
     assert got == [("1", None), ("2", None), ("10", "x"), ("11", "x")]
 
 
-def test_feeds_and_since_filters(exports: Path, warehouse: Path) -> None:
+def test_feeds_and_since_filters(exports: Path, warehouse: Warehouse) -> None:
     write_partition(exports, "convos_intents", T0, rows(1, 2))
     write_partition(exports, "convos_intents", T0.replace(day=3), rows(3, 2))
     write_partition(exports, "utterances", T0, rows(1, 2))
@@ -129,7 +129,7 @@ def test_feeds_and_since_filters(exports: Path, warehouse: Path) -> None:
     assert "utterances" not in tables
 
 
-def test_names_outside_the_layout_are_ignored(exports: Path, warehouse: Path) -> None:
+def test_names_outside_the_layout_are_ignored(exports: Path, warehouse: Warehouse) -> None:
     p = write_partition(exports, "convos_intents", T0, rows(1, 2))
     (p / "notes.txt").write_text("not an export")
     (p.parent.parent / "hr=xx").mkdir()
@@ -139,7 +139,7 @@ def test_names_outside_the_layout_are_ignored(exports: Path, warehouse: Path) ->
     assert any(name.endswith("/hr=xx") for name in stats.ignored)
 
 
-def test_listing_skips_old_days_after_history(exports: Path, warehouse: Path) -> None:
+def test_listing_skips_old_days_after_history(exports: Path, warehouse: Warehouse) -> None:
     for day in (1, 2, 3, 4, 5):
         write_partition(exports, "convos_intents", T0.replace(day=day), rows(day * 10, 1))
     load_asapp()
@@ -152,7 +152,7 @@ def test_listing_skips_old_days_after_history(exports: Path, warehouse: Path) ->
     assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents where issue_id = '901'") == 1
 
 
-def test_cli_load_prints_summary(exports: Path, warehouse: Path) -> None:
+def test_cli_load_prints_summary(exports: Path, warehouse: Warehouse) -> None:
     write_partition(exports, "convos_intents", T0, rows(1, 3))
     write_partition(exports, "convos_intents", T0.replace(hour=11), rows(5, 1), success=False)
     result = elt("load", "asapp")
@@ -171,7 +171,7 @@ def test_cli_load_prints_summary(exports: Path, warehouse: Path) -> None:
 )
 def test_untrusted_host_or_key_is_refused(
     exports: Path,
-    warehouse: Path,
+    warehouse: Warehouse,
     sshd: object,
     monkeypatch: pytest.MonkeyPatch,
     setting: str,

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from loaders.sandbox.exports import DEMO_FEEDS
-from tests.python.helpers import elt, query
+from tests.python.helpers import Warehouse, elt, query
 
 
-def test_demo_runs_the_whole_flow(tmp_path: Path, warehouse: Path) -> None:
+def test_demo_runs_the_whole_flow(tmp_path: Path, warehouse: Warehouse) -> None:
     result = elt("demo", "--days", "1", "--workdir", str(tmp_path / "demo"), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dbt build passed" in result.stdout

@@ -6,51 +6,54 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import duckdb
 import pytest
 
 from loaders.asapp_metadata import push
 from loaders.asapp_metadata.helpers import RateLimiter
 from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
-from tests.python.helpers import elt, query
+from tests.python.helpers import Warehouse, elt, query
 
 LOG = "asapp_metadata.asapp_metadata_push_log"
 
 
-def write_mart(db: Path, n: int, bad: dict[int, dict[str, str]] | None = None, status: str = "known") -> None:
+def write_mart(db: Warehouse, n: int, bad: dict[int, dict[str, str]] | None = None, status: str = "known") -> None:
     """The two mart tables `elt build` produces, with n rows (row i overridden by bad[i])."""
-    with duckdb.connect(str(db)) as con:
-        con.execute("create schema if not exists marts")
-        con.execute("""create or replace table marts.customer_metadata (external_conversation_id varchar,
-            external_customer_id varchar, status varchar, phone_number varchar, email_address varchar,
-            user_id varchar, address_country varchar, address_state varchar, address_zipcode varchar)""")
-        con.execute("""create or replace table marts.customer_metadata_attributes (external_conversation_id
-            varchar, external_customer_id varchar, attribute_name varchar, attribute_value varchar,
-            attribute_rank bigint)""")
-        rows = []
-        for i in range(n):
-            row = {
-                "c": f"conv-{i}",
-                "u": f"c{i}",
-                "status": status,
-                "phone": f"+1555{i:07d}",
-                "email": f"c{i}@example.com",
-                **(bad or {}).get(i, {}),
-            }
-            rows.append(
-                (row["c"], row["u"], row["status"], row["phone"], row["email"], f"user{i}", "SE", None, "11122")
-            )
-        con.executemany("insert into marts.customer_metadata values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        con.executemany(
-            "insert into marts.customer_metadata_attributes values (?, ?, ?, ?, ?)",
-            [(f"conv-{i}", f"c{i}", "tier", "gold", 1) for i in range(min(n, 10))],
-        )
+    db.execute_many("create schema if not exists marts", [])
+    for table in ("customer_metadata", "customer_metadata_attributes"):
+        db.execute_many(f"drop table if exists marts.{table}", [])
+    db.execute_many(
+        """create table marts.customer_metadata (external_conversation_id varchar,
+        external_customer_id varchar, status varchar, phone_number varchar, email_address varchar,
+        user_id varchar, address_country varchar, address_state varchar, address_zipcode varchar)""",
+        [],
+    )
+    db.execute_many(
+        """create table marts.customer_metadata_attributes (external_conversation_id
+        varchar, external_customer_id varchar, attribute_name varchar, attribute_value varchar,
+        attribute_rank bigint)""",
+        [],
+    )
+    rows = []
+    for i in range(n):
+        row = {
+            "c": f"conv-{i}",
+            "u": f"c{i}",
+            "status": status,
+            "phone": f"+1555{i:07d}",
+            "email": f"c{i}@example.com",
+            **(bad or {}).get(i, {}),
+        }
+        rows.append((row["c"], row["u"], row["status"], row["phone"], row["email"], f"user{i}", "SE", None, "11122"))
+    db.execute_many("insert into marts.customer_metadata values (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.execute_many(
+        "insert into marts.customer_metadata_attributes values (?, ?, ?, ?, ?)",
+        [(f"conv-{i}", f"c{i}", "tier", "gold", 1) for i in range(min(n, 10))],
+    )
 
 
 @pytest.fixture
-def api(warehouse: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsappApiEmulator]:
+def api(warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> Iterator[AsappApiEmulator]:
     emu = AsappApiEmulator()
     emu.start()
     for k, v in emu.env().items():
@@ -63,7 +66,8 @@ def sent(api: AsappApiEmulator) -> list[int]:
     return [len(ids) for _, _, ids in api.state.received]
 
 
-def test_batches_of_1000_and_everything_logged(api: AsappApiEmulator, warehouse: Path) -> None:
+@pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
+def test_batches_of_1000_and_everything_logged(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 2500)
     stats = push()
     assert sent(api) == [1000, 1000, 500]
@@ -76,7 +80,8 @@ def test_batches_of_1000_and_everything_logged(api: AsappApiEmulator, warehouse:
     assert item["attributes"] == [{"name": "tier", "value": "gold"}] or "attributes" not in item
 
 
-def test_partial_success_is_recorded_and_retried_next_run(api: AsappApiEmulator, warehouse: Path) -> None:
+@pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
+def test_partial_success_is_recorded_and_retried_next_run(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 20)
     api.state.reject_customers = {"c7"}
     stats = push()
@@ -90,7 +95,7 @@ def test_partial_success_is_recorded_and_retried_next_run(api: AsappApiEmulator,
     assert (stats.sent, stats.accepted, stats.unchanged) == (1, 1, 19)
 
 
-def test_unchanged_rows_are_not_sent_again_changed_ones_are(api: AsappApiEmulator, warehouse: Path) -> None:
+def test_unchanged_rows_are_not_sent_again_changed_ones_are(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 30)
     push()
     assert push().sent == 0
@@ -102,18 +107,17 @@ def test_unchanged_rows_are_not_sent_again_changed_ones_are(api: AsappApiEmulato
     assert api.state.persisted[changed]["status"] == "vip"
 
 
-def test_event_id_is_deterministic(api: AsappApiEmulator, warehouse: Path) -> None:
+def test_event_id_is_deterministic(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 3)
     push()
     first = set(api.state.received[0][2])
     api.state.received.clear()
-    with duckdb.connect(str(warehouse)) as con:
-        con.execute(f"delete from {LOG}")  # forget what was sent: the same items get the same eventIds
+    warehouse.execute_many(f"delete from {LOG}", [])  # forget what was sent: the same items get the same eventIds
     push()
     assert set(api.state.received[0][2]) == first
 
 
-def test_429_is_retried_after_1_2_and_4_seconds(api: AsappApiEmulator, warehouse: Path) -> None:
+def test_429_is_retried_after_1_2_and_4_seconds(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 5)
     api.state.inject = [429, 429, 429]
     stats = push()
@@ -124,7 +128,7 @@ def test_429_is_retried_after_1_2_and_4_seconds(api: AsappApiEmulator, warehouse
     assert stats.accepted == 5
 
 
-def test_5xx_is_retried_after_250_500_1000_ms_then_recorded(api: AsappApiEmulator, warehouse: Path) -> None:
+def test_5xx_is_retried_after_250_500_1000_ms_then_recorded(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 5)
     api.state.inject = [500, 503, 502, 500]
     stats = push()
@@ -137,14 +141,14 @@ def test_5xx_is_retried_after_250_500_1000_ms_then_recorded(api: AsappApiEmulato
     assert push().accepted == 5  # retried on the next run
 
 
-def test_other_4xx_are_not_retried(api: AsappApiEmulator, warehouse: Path) -> None:
+def test_other_4xx_are_not_retried(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 5)
     api.state.inject = [422]
     stats = push()
     assert len(api.state.received) == 1 and stats.failed == 5
 
 
-def test_409_means_already_persisted(api: AsappApiEmulator, warehouse: Path) -> None:
+def test_409_means_already_persisted(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 4)
     api.state.inject = [409]
     stats = push()
@@ -153,7 +157,8 @@ def test_409_means_already_persisted(api: AsappApiEmulator, warehouse: Path) -> 
     assert push().sent == 0
 
 
-def test_invalid_items_are_rejected_locally_with_reasons(api: AsappApiEmulator, warehouse: Path) -> None:
+@pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
+def test_invalid_items_are_rejected_locally_with_reasons(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 5, bad={1: {"u": "guest #1"}, 2: {"phone": "call me", "email": "nope"}})
     stats = push()
     assert stats.invalid == 2 and stats.sent == 3
@@ -165,7 +170,7 @@ def test_invalid_items_are_rejected_locally_with_reasons(api: AsappApiEmulator, 
     assert query(warehouse, f"select count(*) from {LOG} where status = 'invalid'") == [(2,)]
 
 
-def test_dry_run_sends_nothing(api: AsappApiEmulator, warehouse: Path) -> None:
+def test_dry_run_sends_nothing(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 12, bad={0: {"u": "bad id"}})
     result = elt("push", "--dry-run")
     assert result.returncode == 0, result.stderr
@@ -177,7 +182,7 @@ def test_dry_run_sends_nothing(api: AsappApiEmulator, warehouse: Path) -> None:
 
 
 def test_wrong_credentials_stop_with_a_clear_error_and_no_secret(
-    api: AsappApiEmulator, warehouse: Path, monkeypatch: pytest.MonkeyPatch
+    api: AsappApiEmulator, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_mart(warehouse, 2)
     monkeypatch.setenv("ASAPP_API__API_SECRET", "s3cr3t-value-that-must-not-leak")
@@ -187,7 +192,7 @@ def test_wrong_credentials_stop_with_a_clear_error_and_no_secret(
     assert "s3cr3t-value-that-must-not-leak" not in result.stdout + result.stderr
 
 
-def test_missing_mart_is_a_clear_error(api: AsappApiEmulator, warehouse: Path) -> None:
+def test_missing_mart_is_a_clear_error(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     result = elt("push")
     assert result.returncode == 1 and "run `elt build` first" in result.stderr
 
@@ -200,7 +205,7 @@ def test_rate_limiter_spaces_requests() -> None:
     assert time.monotonic() - started >= 0.49  # 50 intervals of 10 ms
 
 
-def test_batch_with_every_item_refused_is_recorded_as_rejected(api: AsappApiEmulator, warehouse: Path) -> None:
+def test_batch_with_every_item_refused_is_recorded_as_rejected(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 3)
     api.state.reject_customers = {"c0", "c1", "c2"}
     stats = push()

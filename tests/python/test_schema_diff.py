@@ -13,7 +13,7 @@ import yaml
 
 from loaders.pipelines import SchemaDriftError, load_asapp
 from loaders.sandbox.exports import write_partition
-from tests.python.helpers import PROJECT, elt, scalar
+from tests.python.helpers import PROJECT, Warehouse, elt, scalar
 
 BASE: dict[str, Any] = yaml.safe_load((PROJECT / "export_docs.yaml").read_text())
 
@@ -94,7 +94,7 @@ def test_unreadable_file_is_one_clear_error(tmp_path: Path) -> None:
     assert result.returncode == 1 and "not valid YAML" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_load_warns_or_fails_on_server_drift(exports: Path, warehouse: Path, tmp_path: Path) -> None:
+def test_load_warns_or_fails_on_server_drift(exports: Path, warehouse: Warehouse, tmp_path: Path) -> None:
     write_partition(exports, "convos_metrics", datetime(2026, 11, 1, tzinfo=UTC), [{"issue_id": 1}])
     (exports / "export_docs.yaml").write_text(yaml.safe_dump(mutate("column_retyped"), sort_keys=False))
     with pytest.raises(SchemaDriftError, match="column_retyped total_handle_time"):
