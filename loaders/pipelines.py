@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from loaders import runtime
 from loaders.apsis import ApsisStats, apsis
@@ -73,6 +75,9 @@ def load_asapp(feeds: Sequence[str] | None = None, since: str | None = None, str
     return stats
 
 
+# A feed is fresh while its latest partition is younger than this (the sources' warn_after thresholds).
+FRESHNESS_LIMIT = {"hourly": timedelta(hours=3), "daily": timedelta(hours=36)}
+
 APSIS_PIPELINE = "apsis"
 APSIS_DATASET = "apsis_raw"
 
@@ -85,3 +90,42 @@ def load_apsis(start_at: str | None = None, end_at: str | None = None) -> ApsisS
     info = pipeline.run(apsis(start_at=start_at, end_at=end_at, stats=stats), loader_file_format="parquet")
     log.info("%s", info)
     return stats
+
+
+@dataclass(frozen=True)
+class FeedStatus:
+    feed: str
+    rows: int
+    latest_partition: datetime | None
+    last_loaded_at: datetime | None
+    waiting: int
+    sync_time: str
+    fresh: bool | None  # None: never loaded
+
+
+def asapp_status() -> list[FeedStatus]:
+    """What is loaded per feed: rows, latest partition, last load, partitions waiting, freshness vs sync_time."""
+    from loaders.export_docs import load_export_docs
+
+    docs = load_export_docs(runtime.project_dir() / "export_docs.yaml")
+    pipeline = runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET)
+    state = pipeline.state.get("sources", {}).get("asapp_sftp", {}).get("feeds", {})
+    loaded = {t["name"] for t in pipeline.default_schema.data_tables()} if pipeline.default_schema_name else set()
+    now = datetime.now(UTC).replace(tzinfo=None)
+    result = []
+    with pipeline.sql_client() as client:
+        for feed in sorted(set(docs.feeds) | loaded):
+            sync = docs.feeds[feed].sync_time if feed in docs.feeds else "?"
+            if feed not in loaded:
+                result.append(FeedStatus(feed, 0, None, None, len(state.get(feed, {}).get("waiting", {})), sync, None))
+                continue
+            table = client.make_qualified_table_name(feed)
+            with client.execute_query(
+                f"select count(*), max(_asapp_partition_at), max(_asapp_loaded_at) from {table}"
+            ) as cursor:
+                rows, latest, last_loaded = cursor.fetchone()
+            limit = FRESHNESS_LIMIT["hourly" if sync.endswith("h") else "daily"]
+            fresh = latest is not None and now - latest.replace(tzinfo=None) <= limit
+            waiting = len(state.get(feed, {}).get("waiting", {}))
+            result.append(FeedStatus(feed, int(rows), latest, last_loaded, waiting, sync, fresh))
+    return result

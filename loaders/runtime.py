@@ -7,7 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-TARGETS = ("duckdb", "postgres")
+# duckdb and postgres are configured here (ELT_DUCKDB_PATH, ELT_PG_*); the others take dlt's own credentials
+# (DESTINATION__<NAME>__CREDENTIALS__...) and the dbt output of the same name in your profile.
+TARGETS = ("duckdb", "postgres", "motherduck", "snowflake", "bigquery", "databricks")
 
 
 class ConfigError(RuntimeError):
@@ -23,7 +25,7 @@ def project_dir() -> Path:
 def target() -> str:
     value = os.environ.get("ELT_TARGET", "duckdb").strip().lower()
     if value not in TARGETS:
-        raise ConfigError(f"ELT_TARGET={value!r} is not supported here: use one of {', '.join(TARGETS)}")
+        raise ConfigError(f"ELT_TARGET={value!r} is not supported: use one of {', '.join(TARGETS)}")
     return value
 
 
@@ -51,7 +53,7 @@ def configure() -> None:
     os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     # DuckDB has one writer per file: parallel load jobs only add memory.
-    if target() == "duckdb":
+    if target() in ("duckdb", "motherduck"):
         os.environ.setdefault("LOAD__WORKERS", "1")
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
@@ -77,6 +79,8 @@ def destination() -> Any:
             "preserve_insertion_order": False,
         }
         return dlt.destinations.duckdb(credentials=DuckDbCredentials(str(duckdb_path()), global_config=config))
+    if target() != "postgres":
+        return target()  # dlt resolves the destination's credentials from its configuration
     env = os.environ
     credentials = {
         "host": env.get("ELT_PG_HOST", "127.0.0.1"),

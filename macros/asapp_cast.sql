@@ -77,3 +77,55 @@
             then cast({{ v }} as {{ 'double precision' if t == 'double' else t }}) end
     {%- endif -%}
 {%- endmacro %}
+
+{#- Warehouses with try_cast / safe_cast: the same leniency, their own spelling. Not exercised here (no such
+    engine on this machine); they follow each engine's documented functions. -#}
+{% macro snowflake__asapp_cast(column, type) -%}
+    {%- set t = type | lower -%}
+    {%- set v = 'cast(' ~ column ~ ' as varchar)' -%}
+    {%- if t == 'varchar' -%} {{ v }}
+    {%- elif t == 'timestamp' -%}
+        coalesce(
+            convert_timezone('UTC', try_to_timestamp_tz({{ v }}))::timestamp_ntz,
+            try_to_timestamp_ntz(left({{ v }}, 19))
+        )
+    {%- elif t == 'date' -%} try_to_date(left({{ v }}, 10))
+    {%- elif t == 'boolean' -%} try_to_boolean({{ v }})
+    {%- elif t == 'double' -%} try_to_double({{ v }})
+    {%- elif t.startswith('numeric') -%} try_to_number({{ v }}, {{ t[8:-1] }})
+    {%- else -%} try_to_number({{ v }})
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro bigquery__asapp_cast(column, type) -%}
+    {%- set t = type | lower -%}
+    {%- set v = 'cast(' ~ column ~ ' as string)' -%}
+    {%- if t == 'varchar' -%} {{ v }}
+    {%- elif t == 'timestamp' -%}
+        coalesce(
+            datetime(safe_cast({{ v }} as timestamp), 'UTC'),
+            safe_cast(left({{ v }}, 19) as datetime)
+        )
+    {%- elif t == 'date' -%} safe_cast(left({{ v }}, 10) as date)
+    {%- elif t == 'boolean' -%} safe_cast({{ v }} as bool)
+    {%- elif t == 'double' -%} safe_cast({{ v }} as float64)
+    {%- elif t.startswith('numeric') -%} safe_cast({{ v }} as numeric)
+    {%- else -%} safe_cast({{ v }} as int64)
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro databricks__asapp_cast(column, type) -%}
+    {%- set t = type | lower -%}
+    {%- set v = 'cast(' ~ column ~ ' as string)' -%}
+    {%- if t == 'varchar' -%} {{ v }}
+    {%- elif t == 'timestamp' -%}
+        coalesce(
+            to_utc_timestamp(try_cast({{ v }} as timestamp), 'UTC'),
+            try_cast(left({{ v }}, 19) as timestamp)
+        )
+    {%- elif t == 'date' -%} try_cast(left({{ v }}, 10) as date)
+    {%- elif t == 'double' -%} try_cast({{ v }} as double)
+    {%- elif t == 'varchar' -%} {{ v }}
+    {%- else -%} try_cast({{ v }} as {{ t }})
+    {%- endif -%}
+{%- endmacro %}

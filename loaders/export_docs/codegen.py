@@ -126,7 +126,7 @@ def _column_doc(feed: Feed, name: str) -> dict[str, Any]:
     description = c.description or "No description published."
     if c.pii:
         description = "[PII] " + description
-    if c.deprecated:
+    if c.deprecated and not description.lower().startswith("deprecated"):
         description = f"[Deprecated {c.deleted_date[:10]}] " + description
     doc: dict[str, Any] = {"name": c.name, "description": description, "meta": meta}
     if c.name in feed.unique_key and c.documented and not c.deprecated:

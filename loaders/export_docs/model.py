@@ -5,7 +5,8 @@ Decisions (documented in README, "How the ASAPP feed schema is read"):
 - A key or ordering column that is not in the feed's column list is still a column of the staging model:
   its type is taken from the same column in other feeds (else from its name), it is marked
   ``documented: false`` and it gets no not_null test, because it may be absent from the data.
-- Deprecated key columns (a ``deleted_date``) stay in the key, as published, without a not_null test.
+- Deprecated columns (a ``deleted_date``, or a description starting "deprecated: <date>") are marked; deprecated
+  key columns stay in the key, as published, without a not_null test.
 - Types are normalised to a small canonical set (see ``canonical_type``); an empty type is ``varchar``.
 """
 
@@ -156,12 +157,17 @@ def _parse_feed(table: dict[str, Any], known_types: dict[str, str]) -> Feed:
         if any(existing.name == cname for existing in columns):
             continue  # a repeated column in the published list: the first wins
         deleted = str(c.get("deleted_date") or "").strip()
+        description = " ".join(str(c.get("description") or "").split())
+        # Some columns are deprecated only in words: "deprecated: 2019-09-25".
+        said = re.match(r"^deprecated\s*:?\s*(\d{4}-\d{2}-\d{2})?", description, flags=re.IGNORECASE)
+        if said and not deleted:
+            deleted = said.group(1) or "deprecated"
         columns.append(
             Column(
                 name=cname,
                 type=canonical_type(str(c.get("type") or "")),
                 source_type=str(c.get("type") or ""),
-                description=" ".join(str(c.get("description") or "").split()),
+                description=description,
                 pii=str(c.get("pii") or "").strip().lower() in ("true", "yes", "1", "pii"),
                 deprecated=bool(deleted),
                 deleted_date=deleted,

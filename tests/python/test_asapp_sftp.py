@@ -196,3 +196,36 @@ def test_partition_dir_layout(tmp_path: Path) -> None:
     assert partition_dir(tmp_path, "utterances", T0).relative_to(tmp_path).as_posix() == (
         "utterances/version=1/format=jsonl/dt=2026-11-01/hr=10/mi=00"
     )
+
+
+def test_status_shows_what_is_loaded(exports: Path, warehouse: Warehouse) -> None:
+    write_partition(exports, "convos_intents", T0, rows(1, 3))
+    write_partition(exports, "convos_intents", T0.replace(hour=11), rows(5, 1), success=False)
+    load_asapp()
+    result = elt("status")
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if "convos_intents" in x)
+    cells = [c.strip() for c in line.split("│")][1:-1]
+    feed, n_rows, latest, _, waiting, sync, fresh = cells
+    assert (feed, n_rows, latest, waiting, sync) == ("convos_intents", "3", "2026-11-01 10:00", "1", "1h")
+    assert fresh == "no"  # the latest partition is weeks older than an hourly feed's 3 h
+    assert "never loaded" in result.stdout
+
+
+def test_every_command_has_help() -> None:
+    for command in (
+        ["--help"],
+        ["load", "asapp", "--help"],
+        ["load", "apsis", "--help"],
+        ["generate", "--help"],
+        ["schema-diff", "--help"],
+        ["build", "--help"],
+        ["push", "--help"],
+        ["run", "--help"],
+        ["status", "--help"],
+        ["docs", "--help"],
+        ["demo", "--help"],
+    ):
+        result = elt(*command)
+        assert result.returncode == 0, (command, result.stderr)
+        assert "Usage" in result.stdout
