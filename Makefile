@@ -29,6 +29,7 @@ lint: venv
 	$(BIN)/ruff check loaders tests
 	$(BIN)/ruff format --check loaders tests
 	$(BIN)/mypy
+	$(BIN)/sqlfluff lint models --disable-progress-bar
 
 generate-check: venv
 	$(BIN)/elt generate --check

@@ -186,12 +186,13 @@ def staging_sql(feed: Feed) -> str:
     else:
         config = "{{ config(materialized='view') }}\n"
     columns_list = ",\n        ".join(f"'{n}'" for n in feed.column_names)
-    expressions = [f"{{{{ asapp_cast('{c.name}', '{c.type}') }}}}" for c in feed.columns]
-    width = max(len(e) for e in expressions)
-    casts = ",\n        ".join(f"{e.ljust(width)} as {c.name}" for e, c in zip(expressions, feed.columns, strict=True))
+    casts = ",\n        ".join(f"{{{{ asapp_cast('{c.name}', '{c.type}') }}}} as {c.name}" for c in feed.columns)
     lineage_names = [n for n in LINEAGE_DOCS if n != "_asapp_record_key"]
     lineage = ",\n        ".join(lineage_names)
+    lineage_list = ",\n        ".join(f"'{n}'" for n in lineage_names)
     key_list = ", ".join(f"'{k}'" for k in feed.unique_key)
+    if len(key_list) > 80:  # long keys one per line
+        key_list = "\n            " + ",\n            ".join(f"'{k}'" for k in feed.unique_key) + ",\n        "
     ordering = _ordering_sql(feed)
     order_by = ([f"{ordering} desc nulls last"] if ordering else []) + INSERTION_ORDER
     order_list = ",\n            ".join(f"'{o}'" for o in order_by)
@@ -204,14 +205,20 @@ def staging_sql(feed: Feed) -> str:
     if materialized == "incremental":
         incremental_filter = (
             "\n    {% if is_incremental() %}\n"
-            "    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as "
-            "{{ dbt.type_timestamp() }})) from {{ this }})\n    {% endif %}"
+            "        -- only rows loaded since the last run\n"
+            "        where _asapp_loaded_at > (\n"
+            "                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as "
+            "{{ dbt.type_timestamp() }}))\n"
+            "                from {{ this }} as this_model\n"
+            "            )\n    {% endif %}"
         )
         incremental_cte = (
             "candidates as (\n\n    select * from typed\n    {% if is_incremental() %}\n"
-            "    -- rows already staged for the keys that arrived, so a late older version cannot win\n"
-            "    union all\n    select {{ staged_columns | join(', ') }}\n    from {{ this }}\n"
-            "    where _asapp_record_key in (select _asapp_record_key from typed)\n    {% endif %}\n\n),\n\n"
+            "        -- rows already staged for the keys that arrived, so a late older version cannot win\n"
+            "        union all\n        select {{ staged_columns | join(', ') }}\n"
+            "        from {{ this }} as this_model\n"
+            "        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)\n"
+            "    {% endif %}\n\n),\n\n"
         )
         candidates = "candidates"
     return f"""-- {GENERATED_MARK} (feed {feed.name}, version {feed.version})
@@ -219,13 +226,17 @@ def staging_sql(feed: Feed) -> str:
 {{%- set columns = [
         {columns_list},
 ] -%}}
-{{%- set staged_columns = columns + ['_asapp_record_key', {", ".join(f"'{n}'" for n in lineage_names)}] -%}}
+{{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        {lineage_list},
+] -%}}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{{{ asapp_raw_source(source('{SOURCE_NAME}', '{feed.name}'), columns) }}}}
     ) as raw_rows{incremental_filter}
 

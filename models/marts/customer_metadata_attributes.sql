@@ -29,10 +29,10 @@ profile_values as (
         0 as kind_order
     from attributes
     where attribute_id not in (
-        '{{ var("apsis_customer_id_attribute") }}', '{{ var("apsis_email_attribute") }}',
-        '{{ var("apsis_phone_attribute") }}', '{{ var("apsis_zipcode_attribute") }}',
-        '{{ var("apsis_state_attribute") }}', '{{ var("apsis_country_attribute") }}'
-    )
+            '{{ var("apsis_customer_id_attribute") }}', '{{ var("apsis_email_attribute") }}',
+            '{{ var("apsis_phone_attribute") }}', '{{ var("apsis_zipcode_attribute") }}',
+            '{{ var("apsis_state_attribute") }}', '{{ var("apsis_country_attribute") }}'
+        )
 
     union all
 

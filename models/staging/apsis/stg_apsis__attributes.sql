@@ -55,10 +55,10 @@ final as (
     from attribute_values
     inner join profiles
         on attribute_values.profile_key = profiles.profile_key
-        and attribute_values.export_id = profiles.latest_export_id
+            and attribute_values.export_id = profiles.latest_export_id
     left join attribute_definitions
         on attribute_values.section_id = attribute_definitions.section_id
-        and attribute_values.attribute_id = attribute_definitions.attribute_id
+            and attribute_values.attribute_id = attribute_definitions.attribute_id
     left join sections
         on attribute_values.section_id = sections.section_id
 

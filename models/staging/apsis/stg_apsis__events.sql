@@ -66,7 +66,7 @@ final as (
     from deduplicated
     left join event_types
         on deduplicated.section_id = event_types.section_id
-        and deduplicated.type_id = event_types.version_id
+            and deduplicated.type_id = event_types.version_id
 
 )
 

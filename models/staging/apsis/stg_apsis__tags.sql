@@ -39,10 +39,10 @@ final as (
     from profile_tags
     inner join profiles
         on profile_tags.profile_key = profiles.profile_key
-        and profile_tags.export_id = profiles.latest_export_id
+            and profile_tags.export_id = profiles.latest_export_id
     left join tag_definitions
         on profile_tags.section_id = tag_definitions.section_id
-        and profile_tags.tag_id = tag_definitions.tag_id
+            and profile_tags.tag_id = tag_definitions.tag_id
 
 )
 

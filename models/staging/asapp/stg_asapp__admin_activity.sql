@@ -18,17 +18,32 @@
         'company_name',
         'company_marker',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'admin_activity'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -36,14 +51,14 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('rep_id', 'varchar') }}             as rep_id,
-        {{ asapp_cast('rep_name', 'varchar') }}           as rep_name,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('rep_name', 'varchar') }} as rep_name,
         {{ asapp_cast('status_description', 'varchar') }} as status_description,
-        {{ asapp_cast('status_start_ts', 'timestamp') }}  as status_start_ts,
-        {{ asapp_cast('status_end_ts', 'timestamp') }}    as status_end_ts,
+        {{ asapp_cast('status_start_ts', 'timestamp') }} as status_start_ts,
+        {{ asapp_cast('status_end_ts', 'timestamp') }} as status_end_ts,
         {{ asapp_cast('status_time_seconds', 'double') }} as status_time_seconds,
-        {{ asapp_cast('company_name', 'varchar') }}       as company_name,
-        {{ asapp_cast('company_marker', 'varchar') }}     as company_marker,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
         {{ asapp_record_key(['company_marker', 'rep_id', 'status_description', 'status_start_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -62,11 +77,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -10,13 +10,24 @@
         'disconnected_count',
         'disconnected_seconds',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'agent_journey_rep_event_frequency'), columns) }}
     ) as raw_rows
 
@@ -25,12 +36,12 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}       as instance_ts,
-        {{ asapp_cast('company_marker', 'varchar') }}      as company_marker,
-        {{ asapp_cast('rep_id', 'varchar') }}              as rep_id,
-        {{ asapp_cast('event_type', 'varchar') }}          as event_type,
-        {{ asapp_cast('event_count', 'bigint') }}          as event_count,
-        {{ asapp_cast('disconnected_count', 'bigint') }}   as disconnected_count,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('event_type', 'varchar') }} as event_type,
+        {{ asapp_cast('event_count', 'bigint') }} as event_count,
+        {{ asapp_cast('disconnected_count', 'bigint') }} as disconnected_count,
         {{ asapp_cast('disconnected_seconds', 'bigint') }} as disconnected_seconds,
         {{ asapp_record_key(['rep_id', 'event_type', 'company_marker', 'instance_ts']) }} as _asapp_record_key,
         _asapp_feed,

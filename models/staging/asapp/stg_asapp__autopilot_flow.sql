@@ -28,17 +28,32 @@
         'company_name',
         'company_marker',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'autopilot_flow'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -46,24 +61,24 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}             as instance_ts,
-        {{ asapp_cast('company_id', 'bigint') }}                 as company_id,
-        {{ asapp_cast('issue_id', 'bigint') }}                   as issue_id,
-        {{ asapp_cast('customer_id', 'bigint') }}                as customer_id,
-        {{ asapp_cast('rep_id', 'varchar') }}                    as rep_id,
-        {{ asapp_cast('rep_assigned_ts', 'timestamp') }}         as rep_assigned_ts,
-        {{ asapp_cast('form_start_ts', 'timestamp') }}           as form_start_ts,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('rep_assigned_ts', 'timestamp') }} as rep_assigned_ts,
+        {{ asapp_cast('form_start_ts', 'timestamp') }} as form_start_ts,
         {{ asapp_cast('form_dismissed_event_ts', 'timestamp') }} as form_dismissed_event_ts,
         {{ asapp_cast('form_presented_event_ts', 'timestamp') }} as form_presented_event_ts,
         {{ asapp_cast('form_submitted_event_ts', 'timestamp') }} as form_submitted_event_ts,
-        {{ asapp_cast('flow_id', 'varchar') }}                   as flow_id,
-        {{ asapp_cast('flow_name', 'varchar') }}                 as flow_name,
-        {{ asapp_cast('form_start_from', 'varchar') }}           as form_start_from,
-        {{ asapp_cast('is_secure_form', 'boolean') }}            as is_secure_form,
-        {{ asapp_cast('queue_id', 'integer') }}                  as queue_id,
-        {{ asapp_cast('asapp_mode', 'varchar') }}                as asapp_mode,
-        {{ asapp_cast('company_name', 'varchar') }}              as company_name,
-        {{ asapp_cast('company_marker', 'varchar') }}            as company_marker,
+        {{ asapp_cast('flow_id', 'varchar') }} as flow_id,
+        {{ asapp_cast('flow_name', 'varchar') }} as flow_name,
+        {{ asapp_cast('form_start_from', 'varchar') }} as form_start_from,
+        {{ asapp_cast('is_secure_form', 'boolean') }} as is_secure_form,
+        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
+        {{ asapp_cast('asapp_mode', 'varchar') }} as asapp_mode,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
         {{ asapp_record_key(['company_marker', 'issue_id', 'form_start_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -82,11 +97,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

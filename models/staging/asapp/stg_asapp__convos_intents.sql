@@ -28,17 +28,32 @@
         'company_name',
         'instance_ts',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'convos_intents'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -46,24 +61,24 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('conversation_id', 'bigint') }}           as conversation_id,
-        {{ asapp_cast('first_agent_id', 'varchar') }}           as first_agent_id,
-        {{ asapp_cast('customer_id', 'bigint') }}               as customer_id,
-        {{ asapp_cast('first_utterance_ts', 'varchar') }}       as first_utterance_ts,
-        {{ asapp_cast('first_utterance_text', 'varchar') }}     as first_utterance_text,
-        {{ asapp_cast('first_intent_code', 'varchar') }}        as first_intent_code,
-        {{ asapp_cast('first_intent_code_alt', 'varchar') }}    as first_intent_code_alt,
-        {{ asapp_cast('final_intent_code', 'varchar') }}        as final_intent_code,
-        {{ asapp_cast('intent_path', 'varchar') }}              as intent_path,
-        {{ asapp_cast('disambig_count', 'bigint') }}            as disambig_count,
-        {{ asapp_cast('ftd_visit', 'boolean') }}                as ftd_visit,
-        {{ asapp_cast('faq_id', 'varchar') }}                   as faq_id,
+        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
+        {{ asapp_cast('first_agent_id', 'varchar') }} as first_agent_id,
+        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
+        {{ asapp_cast('first_utterance_ts', 'varchar') }} as first_utterance_ts,
+        {{ asapp_cast('first_utterance_text', 'varchar') }} as first_utterance_text,
+        {{ asapp_cast('first_intent_code', 'varchar') }} as first_intent_code,
+        {{ asapp_cast('first_intent_code_alt', 'varchar') }} as first_intent_code_alt,
+        {{ asapp_cast('final_intent_code', 'varchar') }} as final_intent_code,
+        {{ asapp_cast('intent_path', 'varchar') }} as intent_path,
+        {{ asapp_cast('disambig_count', 'bigint') }} as disambig_count,
+        {{ asapp_cast('ftd_visit', 'boolean') }} as ftd_visit,
+        {{ asapp_cast('faq_id', 'varchar') }} as faq_id,
         {{ asapp_cast('final_action_destination', 'varchar') }} as final_action_destination,
-        {{ asapp_cast('is_first_intent_correct', 'boolean') }}  as is_first_intent_correct,
-        {{ asapp_cast('issue_id', 'bigint') }}                  as issue_id,
-        {{ asapp_cast('first_rep_id', 'varchar') }}             as first_rep_id,
-        {{ asapp_cast('company_name', 'varchar') }}             as company_name,
-        {{ asapp_cast('instance_ts', 'timestamp') }}            as instance_ts,
+        {{ asapp_cast('is_first_intent_correct', 'boolean') }} as is_first_intent_correct,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('first_rep_id', 'varchar') }} as first_rep_id,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
         {{ asapp_record_key(['issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -82,11 +97,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -82,17 +82,32 @@
         'raw_current_page_url',
         'language_code',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'convos_metadata'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -100,78 +115,78 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('company_id', 'bigint') }}                                  as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}                        as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}                           as company_segments,
-        {{ asapp_cast('first_utterance_ts', 'timestamp') }}                       as first_utterance_ts,
-        {{ asapp_cast('first_utterance_text', 'varchar') }}                       as first_utterance_text,
-        {{ asapp_cast('issue_created_ts', 'timestamp') }}                         as issue_created_ts,
-        {{ asapp_cast('last_event_ts', 'timestamp') }}                            as last_event_ts,
-        {{ asapp_cast('last_srs_event_ts', 'timestamp') }}                        as last_srs_event_ts,
-        {{ asapp_cast('conversation_end_ts', 'timestamp') }}                      as conversation_end_ts,
-        {{ asapp_cast('issue_id', 'bigint') }}                                    as issue_id,
-        {{ asapp_cast('session_id', 'varchar') }}                                 as session_id,
-        {{ asapp_cast('session_type', 'varchar') }}                               as session_type,
-        {{ asapp_cast('session_event_type', 'varchar') }}                         as session_event_type,
-        {{ asapp_cast('internal_session_id', 'varchar') }}                        as internal_session_id,
-        {{ asapp_cast('internal_session_type', 'varchar') }}                      as internal_session_type,
-        {{ asapp_cast('internal_user_identifier', 'varchar') }}                   as internal_user_identifier,
-        {{ asapp_cast('internal_user_session_type', 'varchar') }}                 as internal_user_session_type,
-        {{ asapp_cast('external_session_id', 'varchar') }}                        as external_session_id,
-        {{ asapp_cast('external_session_type', 'varchar') }}                      as external_session_type,
-        {{ asapp_cast('external_user_id', 'varchar') }}                           as external_user_id,
-        {{ asapp_cast('external_user_type', 'varchar') }}                         as external_user_type,
-        {{ asapp_cast('external_issue_id', 'varchar') }}                          as external_issue_id,
-        {{ asapp_cast('external_channel', 'varchar') }}                           as external_channel,
-        {{ asapp_cast('customer_id', 'bigint') }}                                 as customer_id,
-        {{ asapp_cast('escalated_to_chat', 'bigint') }}                           as escalated_to_chat,
-        {{ asapp_cast('platform', 'varchar') }}                                   as platform,
-        {{ asapp_cast('device_type', 'varchar') }}                                as device_type,
-        {{ asapp_cast('first_agent_id', 'varchar') }}                             as first_agent_id,
-        {{ asapp_cast('last_agent_id', 'varchar') }}                              as last_agent_id,
-        {{ asapp_cast('external_agent_id', 'varchar') }}                          as external_agent_id,
-        {{ asapp_cast('assigned_to_rep_time', 'timestamp') }}                     as assigned_to_rep_time,
-        {{ asapp_cast('disposition_event_type', 'varchar') }}                     as disposition_event_type,
-        {{ asapp_cast('disposition_ts', 'timestamp') }}                           as disposition_ts,
-        {{ asapp_cast('termination_event_type', 'varchar') }}                     as termination_event_type,
-        {{ asapp_cast('disposition_notes', 'varchar') }}                          as disposition_notes,
-        {{ asapp_cast('ended_resolved', 'integer') }}                             as ended_resolved,
-        {{ asapp_cast('ended_unresolved', 'integer') }}                           as ended_unresolved,
-        {{ asapp_cast('ended_timeout', 'integer') }}                              as ended_timeout,
-        {{ asapp_cast('ended_auto', 'integer') }}                                 as ended_auto,
-        {{ asapp_cast('ended_other', 'integer') }}                                as ended_other,
-        {{ asapp_cast('app_version_asapp', 'varchar') }}                          as app_version_asapp,
-        {{ asapp_cast('app_version_client', 'varchar') }}                         as app_version_client,
-        {{ asapp_cast('session_metadata', 'varchar') }}                           as session_metadata,
-        {{ asapp_cast('last_sequence_id', 'integer') }}                           as last_sequence_id,
-        {{ asapp_cast('issue_queue_id', 'varchar') }}                             as issue_queue_id,
-        {{ asapp_cast('issue_queue_name', 'varchar') }}                           as issue_queue_name,
-        {{ asapp_cast('csat_rating', 'double') }}                                 as csat_rating,
-        {{ asapp_cast('sentiment_valence', 'varchar') }}                          as sentiment_valence,
-        {{ asapp_cast('deep_link_queue', 'varchar') }}                            as deep_link_queue,
-        {{ asapp_cast('end_srs_selection', 'varchar') }}                          as end_srs_selection,
-        {{ asapp_cast('trigger_link', 'varchar') }}                               as trigger_link,
-        {{ asapp_cast('auth_state', 'varchar') }}                                 as auth_state,
-        {{ asapp_cast('auth_external_token_id', 'varchar') }}                     as auth_external_token_id,
-        {{ asapp_cast('auth_source', 'varchar') }}                                as auth_source,
-        {{ asapp_cast('auth_external_user_type', 'varchar') }}                    as auth_external_user_type,
-        {{ asapp_cast('auth_external_user_id', 'varchar') }}                      as auth_external_user_id,
-        {{ asapp_cast('is_review_required', 'boolean') }}                         as is_review_required,
-        {{ asapp_cast('mid_issue_auth_ts', 'timestamp') }}                        as mid_issue_auth_ts,
-        {{ asapp_cast('first_rep_id', 'varchar') }}                               as first_rep_id,
-        {{ asapp_cast('last_rep_id', 'varchar') }}                                as last_rep_id,
-        {{ asapp_cast('external_rep_id', 'varchar') }}                            as external_rep_id,
-        {{ asapp_cast('company_name', 'varchar') }}                               as company_name,
-        {{ asapp_cast('first_voice_customer_state', 'varchar') }}                 as first_voice_customer_state,
-        {{ asapp_cast('first_voice_customer_state_ts', 'timestamp') }}            as first_voice_customer_state_ts,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('first_utterance_ts', 'timestamp') }} as first_utterance_ts,
+        {{ asapp_cast('first_utterance_text', 'varchar') }} as first_utterance_text,
+        {{ asapp_cast('issue_created_ts', 'timestamp') }} as issue_created_ts,
+        {{ asapp_cast('last_event_ts', 'timestamp') }} as last_event_ts,
+        {{ asapp_cast('last_srs_event_ts', 'timestamp') }} as last_srs_event_ts,
+        {{ asapp_cast('conversation_end_ts', 'timestamp') }} as conversation_end_ts,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('session_id', 'varchar') }} as session_id,
+        {{ asapp_cast('session_type', 'varchar') }} as session_type,
+        {{ asapp_cast('session_event_type', 'varchar') }} as session_event_type,
+        {{ asapp_cast('internal_session_id', 'varchar') }} as internal_session_id,
+        {{ asapp_cast('internal_session_type', 'varchar') }} as internal_session_type,
+        {{ asapp_cast('internal_user_identifier', 'varchar') }} as internal_user_identifier,
+        {{ asapp_cast('internal_user_session_type', 'varchar') }} as internal_user_session_type,
+        {{ asapp_cast('external_session_id', 'varchar') }} as external_session_id,
+        {{ asapp_cast('external_session_type', 'varchar') }} as external_session_type,
+        {{ asapp_cast('external_user_id', 'varchar') }} as external_user_id,
+        {{ asapp_cast('external_user_type', 'varchar') }} as external_user_type,
+        {{ asapp_cast('external_issue_id', 'varchar') }} as external_issue_id,
+        {{ asapp_cast('external_channel', 'varchar') }} as external_channel,
+        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
+        {{ asapp_cast('escalated_to_chat', 'bigint') }} as escalated_to_chat,
+        {{ asapp_cast('platform', 'varchar') }} as platform,
+        {{ asapp_cast('device_type', 'varchar') }} as device_type,
+        {{ asapp_cast('first_agent_id', 'varchar') }} as first_agent_id,
+        {{ asapp_cast('last_agent_id', 'varchar') }} as last_agent_id,
+        {{ asapp_cast('external_agent_id', 'varchar') }} as external_agent_id,
+        {{ asapp_cast('assigned_to_rep_time', 'timestamp') }} as assigned_to_rep_time,
+        {{ asapp_cast('disposition_event_type', 'varchar') }} as disposition_event_type,
+        {{ asapp_cast('disposition_ts', 'timestamp') }} as disposition_ts,
+        {{ asapp_cast('termination_event_type', 'varchar') }} as termination_event_type,
+        {{ asapp_cast('disposition_notes', 'varchar') }} as disposition_notes,
+        {{ asapp_cast('ended_resolved', 'integer') }} as ended_resolved,
+        {{ asapp_cast('ended_unresolved', 'integer') }} as ended_unresolved,
+        {{ asapp_cast('ended_timeout', 'integer') }} as ended_timeout,
+        {{ asapp_cast('ended_auto', 'integer') }} as ended_auto,
+        {{ asapp_cast('ended_other', 'integer') }} as ended_other,
+        {{ asapp_cast('app_version_asapp', 'varchar') }} as app_version_asapp,
+        {{ asapp_cast('app_version_client', 'varchar') }} as app_version_client,
+        {{ asapp_cast('session_metadata', 'varchar') }} as session_metadata,
+        {{ asapp_cast('last_sequence_id', 'integer') }} as last_sequence_id,
+        {{ asapp_cast('issue_queue_id', 'varchar') }} as issue_queue_id,
+        {{ asapp_cast('issue_queue_name', 'varchar') }} as issue_queue_name,
+        {{ asapp_cast('csat_rating', 'double') }} as csat_rating,
+        {{ asapp_cast('sentiment_valence', 'varchar') }} as sentiment_valence,
+        {{ asapp_cast('deep_link_queue', 'varchar') }} as deep_link_queue,
+        {{ asapp_cast('end_srs_selection', 'varchar') }} as end_srs_selection,
+        {{ asapp_cast('trigger_link', 'varchar') }} as trigger_link,
+        {{ asapp_cast('auth_state', 'varchar') }} as auth_state,
+        {{ asapp_cast('auth_external_token_id', 'varchar') }} as auth_external_token_id,
+        {{ asapp_cast('auth_source', 'varchar') }} as auth_source,
+        {{ asapp_cast('auth_external_user_type', 'varchar') }} as auth_external_user_type,
+        {{ asapp_cast('auth_external_user_id', 'varchar') }} as auth_external_user_id,
+        {{ asapp_cast('is_review_required', 'boolean') }} as is_review_required,
+        {{ asapp_cast('mid_issue_auth_ts', 'timestamp') }} as mid_issue_auth_ts,
+        {{ asapp_cast('first_rep_id', 'varchar') }} as first_rep_id,
+        {{ asapp_cast('last_rep_id', 'varchar') }} as last_rep_id,
+        {{ asapp_cast('external_rep_id', 'varchar') }} as external_rep_id,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('first_voice_customer_state', 'varchar') }} as first_voice_customer_state,
+        {{ asapp_cast('first_voice_customer_state_ts', 'timestamp') }} as first_voice_customer_state_ts,
         {{ asapp_cast('first_voice_identified_customer_state_ts', 'timestamp') }} as first_voice_identified_customer_state_ts,
-        {{ asapp_cast('first_voice_verified_customer_state_ts', 'timestamp') }}   as first_voice_verified_customer_state_ts,
-        {{ asapp_cast('merged_ts', 'timestamp') }}                                as merged_ts,
-        {{ asapp_cast('desk_mode_flag', 'bigint') }}                              as desk_mode_flag,
-        {{ asapp_cast('desk_mode_string', 'varchar') }}                           as desk_mode_string,
-        {{ asapp_cast('current_page_url', 'varchar') }}                           as current_page_url,
-        {{ asapp_cast('raw_current_page_url', 'varchar') }}                       as raw_current_page_url,
-        {{ asapp_cast('language_code', 'varchar') }}                              as language_code,
+        {{ asapp_cast('first_voice_verified_customer_state_ts', 'timestamp') }} as first_voice_verified_customer_state_ts,
+        {{ asapp_cast('merged_ts', 'timestamp') }} as merged_ts,
+        {{ asapp_cast('desk_mode_flag', 'bigint') }} as desk_mode_flag,
+        {{ asapp_cast('desk_mode_string', 'varchar') }} as desk_mode_string,
+        {{ asapp_cast('current_page_url', 'varchar') }} as current_page_url,
+        {{ asapp_cast('raw_current_page_url', 'varchar') }} as raw_current_page_url,
+        {{ asapp_cast('language_code', 'varchar') }} as language_code,
         {{ asapp_record_key(['issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -190,11 +205,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

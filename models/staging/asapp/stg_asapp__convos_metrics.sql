@@ -46,17 +46,32 @@
         'total_hold_time_seconds',
         'company_name',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'convos_metrics'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -64,42 +79,42 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('company_subdivision', 'varchar') }}                as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}                   as company_segments,
-        {{ asapp_cast('first_utterance_ts', 'timestamp') }}               as first_utterance_ts,
-        {{ asapp_cast('conversation_id', 'bigint') }}                     as conversation_id,
-        {{ asapp_cast('customer_id', 'bigint') }}                         as customer_id,
-        {{ asapp_cast('platform', 'varchar') }}                           as platform,
-        {{ asapp_cast('device_type', 'varchar') }}                        as device_type,
-        {{ asapp_cast('assisted', 'boolean') }}                           as assisted,
-        {{ asapp_cast('total_handle_time', 'double') }}                   as total_handle_time,
-        {{ asapp_cast('total_lead_time', 'double') }}                     as total_lead_time,
-        {{ asapp_cast('total_wrap_up_time', 'double') }}                  as total_wrap_up_time,
-        {{ asapp_cast('total_session_time', 'double') }}                  as total_session_time,
-        {{ asapp_cast('customer_sent_msgs', 'double') }}                  as customer_sent_msgs,
-        {{ asapp_cast('agent_sent_msgs', 'varchar') }}                    as agent_sent_msgs,
-        {{ asapp_cast('auto_generated_msgs', 'bigint') }}                 as auto_generated_msgs,
-        {{ asapp_cast('first_rep_response_count', 'bigint') }}            as first_rep_response_count,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('first_utterance_ts', 'timestamp') }} as first_utterance_ts,
+        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
+        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
+        {{ asapp_cast('platform', 'varchar') }} as platform,
+        {{ asapp_cast('device_type', 'varchar') }} as device_type,
+        {{ asapp_cast('assisted', 'boolean') }} as assisted,
+        {{ asapp_cast('total_handle_time', 'double') }} as total_handle_time,
+        {{ asapp_cast('total_lead_time', 'double') }} as total_lead_time,
+        {{ asapp_cast('total_wrap_up_time', 'double') }} as total_wrap_up_time,
+        {{ asapp_cast('total_session_time', 'double') }} as total_session_time,
+        {{ asapp_cast('customer_sent_msgs', 'double') }} as customer_sent_msgs,
+        {{ asapp_cast('agent_sent_msgs', 'varchar') }} as agent_sent_msgs,
+        {{ asapp_cast('auto_generated_msgs', 'bigint') }} as auto_generated_msgs,
+        {{ asapp_cast('first_rep_response_count', 'bigint') }} as first_rep_response_count,
         {{ asapp_cast('total_seconds_to_first_rep_response', 'bigint') }} as total_seconds_to_first_rep_response,
-        {{ asapp_cast('agent_response_count', 'varchar') }}               as agent_response_count,
-        {{ asapp_cast('customer_response_count', 'bigint') }}             as customer_response_count,
-        {{ asapp_cast('total_rep_seconds_to_respond', 'double') }}        as total_rep_seconds_to_respond,
-        {{ asapp_cast('total_cust_seconds_to_respond', 'double') }}       as total_cust_seconds_to_respond,
-        {{ asapp_cast('time_in_queue', 'double') }}                       as time_in_queue,
-        {{ asapp_cast('auto_suggest_msgs', 'bigint') }}                   as auto_suggest_msgs,
-        {{ asapp_cast('auto_complete_msgs', 'bigint') }}                  as auto_complete_msgs,
-        {{ asapp_cast('auto_wait_for_agent_msgs', 'bigint') }}            as auto_wait_for_agent_msgs,
-        {{ asapp_cast('customer_wait_for_agent_msgs', 'bigint') }}        as customer_wait_for_agent_msgs,
-        {{ asapp_cast('attempted_chat', 'boolean') }}                     as attempted_chat,
-        {{ asapp_cast('out_business_ct', 'bigint') }}                     as out_business_ct,
-        {{ asapp_cast('issue_id', 'bigint') }}                            as issue_id,
-        {{ asapp_cast('rep_sent_msgs', 'bigint') }}                       as rep_sent_msgs,
-        {{ asapp_cast('rep_response_count', 'bigint') }}                  as rep_response_count,
-        {{ asapp_cast('auto_wait_for_rep_msgs', 'bigint') }}              as auto_wait_for_rep_msgs,
-        {{ asapp_cast('customer_wait_for_rep_msgs', 'bigint') }}          as customer_wait_for_rep_msgs,
-        {{ asapp_cast('hold_ct', 'bigint') }}                             as hold_ct,
-        {{ asapp_cast('total_hold_time_seconds', 'double') }}             as total_hold_time_seconds,
-        {{ asapp_cast('company_name', 'varchar') }}                       as company_name,
+        {{ asapp_cast('agent_response_count', 'varchar') }} as agent_response_count,
+        {{ asapp_cast('customer_response_count', 'bigint') }} as customer_response_count,
+        {{ asapp_cast('total_rep_seconds_to_respond', 'double') }} as total_rep_seconds_to_respond,
+        {{ asapp_cast('total_cust_seconds_to_respond', 'double') }} as total_cust_seconds_to_respond,
+        {{ asapp_cast('time_in_queue', 'double') }} as time_in_queue,
+        {{ asapp_cast('auto_suggest_msgs', 'bigint') }} as auto_suggest_msgs,
+        {{ asapp_cast('auto_complete_msgs', 'bigint') }} as auto_complete_msgs,
+        {{ asapp_cast('auto_wait_for_agent_msgs', 'bigint') }} as auto_wait_for_agent_msgs,
+        {{ asapp_cast('customer_wait_for_agent_msgs', 'bigint') }} as customer_wait_for_agent_msgs,
+        {{ asapp_cast('attempted_chat', 'boolean') }} as attempted_chat,
+        {{ asapp_cast('out_business_ct', 'bigint') }} as out_business_ct,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('rep_sent_msgs', 'bigint') }} as rep_sent_msgs,
+        {{ asapp_cast('rep_response_count', 'bigint') }} as rep_response_count,
+        {{ asapp_cast('auto_wait_for_rep_msgs', 'bigint') }} as auto_wait_for_rep_msgs,
+        {{ asapp_cast('customer_wait_for_rep_msgs', 'bigint') }} as customer_wait_for_rep_msgs,
+        {{ asapp_cast('hold_ct', 'bigint') }} as hold_ct,
+        {{ asapp_cast('total_hold_time_seconds', 'double') }} as total_hold_time_seconds,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_record_key(['issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -118,11 +133,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -23,17 +23,32 @@
         'disposition_notes',
         'company_name',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'convos_summary_tags'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -41,19 +56,19 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}             as instance_ts,
-        {{ asapp_cast('issue_id', 'bigint') }}                   as issue_id,
-        {{ asapp_cast('company_id', 'bigint') }}                 as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}       as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}          as company_segments,
-        {{ asapp_cast('rep_id', 'varchar') }}                    as rep_id,
-        {{ asapp_cast('queue_id', 'integer') }}                  as queue_id,
-        {{ asapp_cast('queue_name', 'varchar') }}                as queue_name,
-        {{ asapp_cast('disposition_ts', 'timestamp') }}          as disposition_ts,
-        {{ asapp_cast('summary_tag_presented', 'varchar') }}     as summary_tag_presented,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
+        {{ asapp_cast('queue_name', 'varchar') }} as queue_name,
+        {{ asapp_cast('disposition_ts', 'timestamp') }} as disposition_ts,
+        {{ asapp_cast('summary_tag_presented', 'varchar') }} as summary_tag_presented,
         {{ asapp_cast('summary_tag_selected_bool', 'boolean') }} as summary_tag_selected_bool,
-        {{ asapp_cast('disposition_notes', 'varchar') }}         as disposition_notes,
-        {{ asapp_cast('company_name', 'varchar') }}              as company_name,
+        {{ asapp_cast('disposition_notes', 'varchar') }} as disposition_notes,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_record_key(['company_id', 'issue_id', 'summary_tag_presented']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -72,11 +87,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

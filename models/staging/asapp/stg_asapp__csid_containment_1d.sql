@@ -42,17 +42,32 @@
         'reps_involved',
         'company_name',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'csid_containment_1d'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -60,38 +75,38 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}                 as instance_ts,
-        {{ asapp_cast('company_id', 'bigint') }}                     as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}           as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}              as company_segments,
-        {{ asapp_cast('customer_id', 'bigint') }}                    as customer_id,
-        {{ asapp_cast('external_customer_id', 'varchar') }}          as external_customer_id,
-        {{ asapp_cast('csid', 'varchar') }}                          as csid,
-        {{ asapp_cast('csid_start_ts', 'timestamp') }}               as csid_start_ts,
-        {{ asapp_cast('csid_end_ts', 'timestamp') }}                 as csid_end_ts,
-        {{ asapp_cast('agents_involved', 'varchar') }}               as agents_involved,
-        {{ asapp_cast('included_issues', 'varchar') }}               as included_issues,
-        {{ asapp_cast('is_contained', 'boolean') }}                  as is_contained,
-        {{ asapp_cast('event_count', 'bigint') }}                    as event_count,
-        {{ asapp_cast('fgsrs_event_count', 'bigint') }}              as fgsrs_event_count,
-        {{ asapp_cast('was_enqueued', 'boolean') }}                  as was_enqueued,
-        {{ asapp_cast('rep_msgs', 'bigint') }}                       as rep_msgs,
-        {{ asapp_cast('messages_sent', 'bigint') }}                  as messages_sent,
-        {{ asapp_cast('has_customer_utterance', 'boolean') }}        as has_customer_utterance,
-        {{ asapp_cast('attempted_escalate', 'boolean') }}            as attempted_escalate,
-        {{ asapp_cast('last_platform', 'varchar') }}                 as last_platform,
-        {{ asapp_cast('last_device_type', 'varchar') }}              as last_device_type,
-        {{ asapp_cast('first_auth_source', 'varchar') }}             as first_auth_source,
-        {{ asapp_cast('last_auth_source', 'varchar') }}              as last_auth_source,
-        {{ asapp_cast('distinct_auth_source_path', 'varchar') }}     as distinct_auth_source_path,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
+        {{ asapp_cast('external_customer_id', 'varchar') }} as external_customer_id,
+        {{ asapp_cast('csid', 'varchar') }} as csid,
+        {{ asapp_cast('csid_start_ts', 'timestamp') }} as csid_start_ts,
+        {{ asapp_cast('csid_end_ts', 'timestamp') }} as csid_end_ts,
+        {{ asapp_cast('agents_involved', 'varchar') }} as agents_involved,
+        {{ asapp_cast('included_issues', 'varchar') }} as included_issues,
+        {{ asapp_cast('is_contained', 'boolean') }} as is_contained,
+        {{ asapp_cast('event_count', 'bigint') }} as event_count,
+        {{ asapp_cast('fgsrs_event_count', 'bigint') }} as fgsrs_event_count,
+        {{ asapp_cast('was_enqueued', 'boolean') }} as was_enqueued,
+        {{ asapp_cast('rep_msgs', 'bigint') }} as rep_msgs,
+        {{ asapp_cast('messages_sent', 'bigint') }} as messages_sent,
+        {{ asapp_cast('has_customer_utterance', 'boolean') }} as has_customer_utterance,
+        {{ asapp_cast('attempted_escalate', 'boolean') }} as attempted_escalate,
+        {{ asapp_cast('last_platform', 'varchar') }} as last_platform,
+        {{ asapp_cast('last_device_type', 'varchar') }} as last_device_type,
+        {{ asapp_cast('first_auth_source', 'varchar') }} as first_auth_source,
+        {{ asapp_cast('last_auth_source', 'varchar') }} as last_auth_source,
+        {{ asapp_cast('distinct_auth_source_path', 'varchar') }} as distinct_auth_source_path,
         {{ asapp_cast('first_auth_external_user_type', 'varchar') }} as first_auth_external_user_type,
-        {{ asapp_cast('last_auth_external_user_type', 'varchar') }}  as last_auth_external_user_type,
-        {{ asapp_cast('first_auth_external_user_id', 'varchar') }}   as first_auth_external_user_id,
-        {{ asapp_cast('last_auth_external_user_id', 'varchar') }}    as last_auth_external_user_id,
-        {{ asapp_cast('first_auth_external_token_id', 'varchar') }}  as first_auth_external_token_id,
-        {{ asapp_cast('last_auth_external_token_id', 'varchar') }}   as last_auth_external_token_id,
-        {{ asapp_cast('reps_involved', 'varchar') }}                 as reps_involved,
-        {{ asapp_cast('company_name', 'varchar') }}                  as company_name,
+        {{ asapp_cast('last_auth_external_user_type', 'varchar') }} as last_auth_external_user_type,
+        {{ asapp_cast('first_auth_external_user_id', 'varchar') }} as first_auth_external_user_id,
+        {{ asapp_cast('last_auth_external_user_id', 'varchar') }} as last_auth_external_user_id,
+        {{ asapp_cast('first_auth_external_token_id', 'varchar') }} as first_auth_external_token_id,
+        {{ asapp_cast('last_auth_external_token_id', 'varchar') }} as last_auth_external_token_id,
+        {{ asapp_cast('reps_involved', 'varchar') }} as reps_involved,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_record_key(['csid', 'company_name']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -110,11 +125,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

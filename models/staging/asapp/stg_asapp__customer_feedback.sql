@@ -21,13 +21,24 @@
         'company_marker',
         'last_event_ts',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'customer_feedback'), columns) }}
     ) as raw_rows
 
@@ -36,24 +47,24 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}       as instance_ts,
-        {{ asapp_cast('conversation_id', 'bigint') }}      as conversation_id,
-        {{ asapp_cast('last_agent_id', 'varchar') }}       as last_agent_id,
-        {{ asapp_cast('question', 'varchar') }}            as question,
-        {{ asapp_cast('question_category', 'varchar') }}   as question_category,
-        {{ asapp_cast('question_type', 'varchar') }}       as question_type,
-        {{ asapp_cast('answer', 'varchar') }}              as answer,
-        {{ asapp_cast('ordering', 'integer') }}            as ordering,
-        {{ asapp_cast('issue_id', 'bigint') }}             as issue_id,
-        {{ asapp_cast('last_rep_id', 'varchar') }}         as last_rep_id,
-        {{ asapp_cast('company_name', 'varchar') }}        as company_name,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
+        {{ asapp_cast('last_agent_id', 'varchar') }} as last_agent_id,
+        {{ asapp_cast('question', 'varchar') }} as question,
+        {{ asapp_cast('question_category', 'varchar') }} as question_category,
+        {{ asapp_cast('question_type', 'varchar') }} as question_type,
+        {{ asapp_cast('answer', 'varchar') }} as answer,
+        {{ asapp_cast('ordering', 'integer') }} as ordering,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('last_rep_id', 'varchar') }} as last_rep_id,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}    as company_segments,
-        {{ asapp_cast('platform', 'varchar') }}            as platform,
-        {{ asapp_cast('feedback_type', 'varchar') }}       as feedback_type,
-        {{ asapp_cast('feedback_form_type', 'varchar') }}  as feedback_form_type,
-        {{ asapp_cast('company_marker', 'varchar') }}      as company_marker,
-        {{ asapp_cast('last_event_ts', 'timestamp') }}     as last_event_ts,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('platform', 'varchar') }} as platform,
+        {{ asapp_cast('feedback_type', 'varchar') }} as feedback_type,
+        {{ asapp_cast('feedback_form_type', 'varchar') }} as feedback_form_type,
+        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
+        {{ asapp_cast('last_event_ts', 'timestamp') }} as last_event_ts,
         {{ asapp_record_key(['issue_id', 'company_marker', 'last_rep_id', 'question', 'instance_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,

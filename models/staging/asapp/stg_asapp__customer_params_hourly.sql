@@ -28,17 +28,32 @@
         'company_name',
         'current_page_url',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'customer_params_hourly'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -46,24 +61,24 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}       as instance_ts,
-        {{ asapp_cast('event_ts', 'timestamp') }}          as event_ts,
-        {{ asapp_cast('issue_id', 'bigint') }}             as issue_id,
-        {{ asapp_cast('company_id', 'bigint') }}           as company_id,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('event_ts', 'timestamp') }} as event_ts,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
         {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}    as company_segments,
-        {{ asapp_cast('customer_id', 'bigint') }}          as customer_id,
-        {{ asapp_cast('rep_id', 'varchar') }}              as rep_id,
-        {{ asapp_cast('referring_page_url', 'varchar') }}  as referring_page_url,
-        {{ asapp_cast('event_id', 'varchar') }}            as event_id,
-        {{ asapp_cast('platform', 'varchar') }}            as platform,
-        {{ asapp_cast('session_id', 'varchar') }}          as session_id,
-        {{ asapp_cast('auth_state', 'boolean') }}          as auth_state,
-        {{ asapp_cast('params', 'varchar') }}              as params,
-        {{ asapp_cast('param_key', 'varchar') }}           as param_key,
-        {{ asapp_cast('param_value', 'varchar') }}         as param_value,
-        {{ asapp_cast('company_name', 'varchar') }}        as company_name,
-        {{ asapp_cast('current_page_url', 'varchar') }}    as current_page_url,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('referring_page_url', 'varchar') }} as referring_page_url,
+        {{ asapp_cast('event_id', 'varchar') }} as event_id,
+        {{ asapp_cast('platform', 'varchar') }} as platform,
+        {{ asapp_cast('session_id', 'varchar') }} as session_id,
+        {{ asapp_cast('auth_state', 'boolean') }} as auth_state,
+        {{ asapp_cast('params', 'varchar') }} as params,
+        {{ asapp_cast('param_key', 'varchar') }} as param_key,
+        {{ asapp_cast('param_value', 'varchar') }} as param_value,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('current_page_url', 'varchar') }} as current_page_url,
         {{ asapp_record_key(['event_id', 'param_key']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -82,11 +97,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

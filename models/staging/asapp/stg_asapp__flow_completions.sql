@@ -30,17 +30,32 @@
         'flow_name',
         'flow_status_ts',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'flow_completions'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -48,26 +63,26 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('conversation_id', 'bigint') }}         as conversation_id,
-        {{ asapp_cast('company_id', 'bigint') }}              as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}    as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}       as company_segments,
-        {{ asapp_cast('platform', 'varchar') }}               as platform,
-        {{ asapp_cast('customer_id', 'bigint') }}             as customer_id,
-        {{ asapp_cast('external_user_id', 'varchar') }}       as external_user_id,
-        {{ asapp_cast('customer_session_id', 'varchar') }}    as customer_session_id,
-        {{ asapp_cast('success_rule_id', 'varchar') }}        as success_rule_id,
-        {{ asapp_cast('success_event_details', 'varchar') }}  as success_event_details,
-        {{ asapp_cast('success_event_ts', 'timestamp') }}     as success_event_ts,
-        {{ asapp_cast('negation_rule_id', 'varchar') }}       as negation_rule_id,
-        {{ asapp_cast('negation_event_ts', 'timestamp') }}    as negation_event_ts,
-        {{ asapp_cast('is_flow_success_event', 'boolean') }}  as is_flow_success_event,
-        {{ asapp_cast('is_flow_success_issue', 'boolean') }}  as is_flow_success_issue,
-        {{ asapp_cast('issue_id', 'bigint') }}                as issue_id,
-        {{ asapp_cast('company_name', 'varchar') }}           as company_name,
+        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('platform', 'varchar') }} as platform,
+        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
+        {{ asapp_cast('external_user_id', 'varchar') }} as external_user_id,
+        {{ asapp_cast('customer_session_id', 'varchar') }} as customer_session_id,
+        {{ asapp_cast('success_rule_id', 'varchar') }} as success_rule_id,
+        {{ asapp_cast('success_event_details', 'varchar') }} as success_event_details,
+        {{ asapp_cast('success_event_ts', 'timestamp') }} as success_event_ts,
+        {{ asapp_cast('negation_rule_id', 'varchar') }} as negation_rule_id,
+        {{ asapp_cast('negation_event_ts', 'timestamp') }} as negation_event_ts,
+        {{ asapp_cast('is_flow_success_event', 'boolean') }} as is_flow_success_event,
+        {{ asapp_cast('is_flow_success_issue', 'boolean') }} as is_flow_success_issue,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_cast('last_relevant_event_ts', 'varchar') }} as last_relevant_event_ts,
-        {{ asapp_cast('flow_name', 'varchar') }}              as flow_name,
-        {{ asapp_cast('flow_status_ts', 'timestamp') }}       as flow_status_ts,
+        {{ asapp_cast('flow_name', 'varchar') }} as flow_name,
+        {{ asapp_cast('flow_status_ts', 'timestamp') }} as flow_status_ts,
         {{ asapp_record_key(['company_id', 'issue_id', 'flow_name', 'flow_status_ts', 'success_event_details']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -86,11 +101,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -21,17 +21,32 @@
         'issue_id',
         'company_name',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'flow_detail'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -39,17 +54,17 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('event_ts', 'timestamp') }}        as event_ts,
-        {{ asapp_cast('event_type', 'varchar') }}        as event_type,
-        {{ asapp_cast('conversation_id', 'bigint') }}    as conversation_id,
-        {{ asapp_cast('session_id', 'varchar') }}        as session_id,
-        {{ asapp_cast('flow_id', 'varchar') }}           as flow_id,
-        {{ asapp_cast('flow_name', 'varchar') }}         as flow_name,
-        {{ asapp_cast('event_name', 'varchar') }}        as event_name,
+        {{ asapp_cast('event_ts', 'timestamp') }} as event_ts,
+        {{ asapp_cast('event_type', 'varchar') }} as event_type,
+        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
+        {{ asapp_cast('session_id', 'varchar') }} as session_id,
+        {{ asapp_cast('flow_id', 'varchar') }} as flow_id,
+        {{ asapp_cast('flow_name', 'varchar') }} as flow_name,
+        {{ asapp_cast('event_name', 'varchar') }} as event_name,
         {{ asapp_cast('link_resolved_pil', 'varchar') }} as link_resolved_pil,
         {{ asapp_cast('link_resolved_pdl', 'varchar') }} as link_resolved_pdl,
-        {{ asapp_cast('issue_id', 'bigint') }}           as issue_id,
-        {{ asapp_cast('company_name', 'varchar') }}      as company_name,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_record_key(['event_ts', 'issue_id', 'event_type']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -68,11 +83,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

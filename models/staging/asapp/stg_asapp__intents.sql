@@ -13,13 +13,24 @@
         'deleted_ts',
         'company_marker',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'intents'), columns) }}
     ) as raw_rows
 
@@ -28,16 +39,16 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('code', 'varchar') }}                   as code,
-        {{ asapp_cast('name', 'varchar') }}                   as name,
-        {{ asapp_cast('intent_type', 'varchar') }}            as intent_type,
-        {{ asapp_cast('short_description', 'varchar') }}      as short_description,
-        {{ asapp_cast('flow_name', 'varchar') }}              as flow_name,
+        {{ asapp_cast('code', 'varchar') }} as code,
+        {{ asapp_cast('name', 'varchar') }} as name,
+        {{ asapp_cast('intent_type', 'varchar') }} as intent_type,
+        {{ asapp_cast('short_description', 'varchar') }} as short_description,
+        {{ asapp_cast('flow_name', 'varchar') }} as flow_name,
         {{ asapp_cast('default_disambiguation', 'boolean') }} as default_disambiguation,
-        {{ asapp_cast('actions', 'varchar') }}                as actions,
-        {{ asapp_cast('company_name', 'varchar') }}           as company_name,
-        {{ asapp_cast('deleted_ts', 'varchar') }}             as deleted_ts,
-        {{ asapp_cast('company_marker', 'varchar') }}         as company_marker,
+        {{ asapp_cast('actions', 'varchar') }} as actions,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('deleted_ts', 'varchar') }} as deleted_ts,
+        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
         {{ asapp_record_key(['code', 'company_marker']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,

@@ -26,17 +26,32 @@
         'generative_agent_monitoring__evaluation_ct',
         'company_marker',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'issue_entity_genagent'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -44,22 +59,22 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('company_name', 'varchar') }}                                    as company_name,
-        {{ asapp_cast('issue_id', 'bigint') }}                                         as issue_id,
-        {{ asapp_cast('instance_ts', 'timestamp') }}                                   as instance_ts,
-        {{ asapp_cast('generative_agent_turns__turn_ct', 'integer') }}                 as generative_agent_turns__turn_ct,
-        {{ asapp_cast('generative_agent_turns__turn_duration_ms_sum', 'bigint') }}     as generative_agent_turns__turn_duration_ms_sum,
-        {{ asapp_cast('generative_agent_turns__utterance_ct', 'integer') }}            as generative_agent_turns__utterance_ct,
-        {{ asapp_cast('generative_agent_turns__contains_escalation', 'boolean') }}     as generative_agent_turns__contains_escalation,
-        {{ asapp_cast('generative_agent_tasks__first_task_name', 'varchar') }}         as generative_agent_tasks__first_task_name,
-        {{ asapp_cast('generative_agent_tasks__last_task_name', 'varchar') }}          as generative_agent_tasks__last_task_name,
-        {{ asapp_cast('generative_agent_tasks__task_ct', 'integer') }}                 as generative_agent_tasks__task_ct,
-        {{ asapp_cast('generative_agent_tasks__configuration_id', 'varchar') }}        as generative_agent_tasks__configuration_id,
-        {{ asapp_cast('generative_agent_tasks__used_hila', 'varchar') }}               as generative_agent_tasks__used_hila,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('generative_agent_turns__turn_ct', 'integer') }} as generative_agent_turns__turn_ct,
+        {{ asapp_cast('generative_agent_turns__turn_duration_ms_sum', 'bigint') }} as generative_agent_turns__turn_duration_ms_sum,
+        {{ asapp_cast('generative_agent_turns__utterance_ct', 'integer') }} as generative_agent_turns__utterance_ct,
+        {{ asapp_cast('generative_agent_turns__contains_escalation', 'boolean') }} as generative_agent_turns__contains_escalation,
+        {{ asapp_cast('generative_agent_tasks__first_task_name', 'varchar') }} as generative_agent_tasks__first_task_name,
+        {{ asapp_cast('generative_agent_tasks__last_task_name', 'varchar') }} as generative_agent_tasks__last_task_name,
+        {{ asapp_cast('generative_agent_tasks__task_ct', 'integer') }} as generative_agent_tasks__task_ct,
+        {{ asapp_cast('generative_agent_tasks__configuration_id', 'varchar') }} as generative_agent_tasks__configuration_id,
+        {{ asapp_cast('generative_agent_tasks__used_hila', 'varchar') }} as generative_agent_tasks__used_hila,
         {{ asapp_cast('generative_agent_monitoring__flagged_for_review', 'varchar') }} as generative_agent_monitoring__flagged_for_review,
-        {{ asapp_cast('generative_agent_monitoring__review_flags_ct', 'varchar') }}    as generative_agent_monitoring__review_flags_ct,
-        {{ asapp_cast('generative_agent_monitoring__evaluation_ct', 'varchar') }}      as generative_agent_monitoring__evaluation_ct,
-        {{ asapp_cast('company_marker', 'varchar') }}                                  as company_marker,
+        {{ asapp_cast('generative_agent_monitoring__review_flags_ct', 'varchar') }} as generative_agent_monitoring__review_flags_ct,
+        {{ asapp_cast('generative_agent_monitoring__evaluation_ct', 'varchar') }} as generative_agent_monitoring__evaluation_ct,
+        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
         {{ asapp_record_key(['company_marker', 'issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -78,11 +93,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -26,17 +26,32 @@
         'company_name',
         'company_marker',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'issue_entry'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -44,22 +59,22 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}       as instance_ts,
-        {{ asapp_cast('issue_created_ts', 'timestamp') }}  as issue_created_ts,
-        {{ asapp_cast('company_id', 'bigint') }}           as company_id,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('issue_created_ts', 'timestamp') }} as issue_created_ts,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
         {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}    as company_segments,
-        {{ asapp_cast('issue_id', 'bigint') }}             as issue_id,
-        {{ asapp_cast('entry_type', 'varchar') }}          as entry_type,
-        {{ asapp_cast('treatment_type', 'varchar') }}      as treatment_type,
-        {{ asapp_cast('rule_name', 'varchar') }}           as rule_name,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('entry_type', 'varchar') }} as entry_type,
+        {{ asapp_cast('treatment_type', 'varchar') }} as treatment_type,
+        {{ asapp_cast('rule_name', 'varchar') }} as rule_name,
         {{ asapp_cast('is_new_conversation', 'boolean') }} as is_new_conversation,
-        {{ asapp_cast('is_new_user', 'boolean') }}         as is_new_user,
-        {{ asapp_cast('current_page_url', 'varchar') }}    as current_page_url,
-        {{ asapp_cast('referring_page_url', 'varchar') }}  as referring_page_url,
-        {{ asapp_cast('client_uuid', 'varchar') }}         as client_uuid,
-        {{ asapp_cast('company_name', 'varchar') }}        as company_name,
-        {{ asapp_cast('company_marker', 'varchar') }}      as company_marker,
+        {{ asapp_cast('is_new_user', 'boolean') }} as is_new_user,
+        {{ asapp_cast('current_page_url', 'varchar') }} as current_page_url,
+        {{ asapp_cast('referring_page_url', 'varchar') }} as referring_page_url,
+        {{ asapp_cast('client_uuid', 'varchar') }} as client_uuid,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
         {{ asapp_record_key(['company_marker', 'issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -78,11 +93,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -25,17 +25,32 @@
         'company_name',
         'company_marker',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'issue_omnichannel'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -43,21 +58,21 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}           as instance_ts,
-        {{ asapp_cast('issue_id', 'bigint') }}                 as issue_id,
-        {{ asapp_cast('company_id', 'bigint') }}               as company_id,
-        {{ asapp_cast('omni_source', 'varchar') }}             as omni_source,
-        {{ asapp_cast('opaque_id', 'varchar') }}               as opaque_id,
-        {{ asapp_cast('external_intent', 'varchar') }}         as external_intent,
-        {{ asapp_cast('external_group', 'varchar') }}          as external_group,
-        {{ asapp_cast('first_utterance', 'varchar') }}         as first_utterance,
-        {{ asapp_cast('event_ts', 'timestamp') }}              as event_ts,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('omni_source', 'varchar') }} as omni_source,
+        {{ asapp_cast('opaque_id', 'varchar') }} as opaque_id,
+        {{ asapp_cast('external_intent', 'varchar') }} as external_intent,
+        {{ asapp_cast('external_group', 'varchar') }} as external_group,
+        {{ asapp_cast('first_utterance', 'varchar') }} as first_utterance,
+        {{ asapp_cast('event_ts', 'timestamp') }} as event_ts,
         {{ asapp_cast('third_party_customer_id', 'varchar') }} as third_party_customer_id,
-        {{ asapp_cast('external_context_1', 'varchar') }}      as external_context_1,
-        {{ asapp_cast('external_context_2', 'varchar') }}      as external_context_2,
-        {{ asapp_cast('created_ts', 'timestamp') }}            as created_ts,
-        {{ asapp_cast('company_name', 'varchar') }}            as company_name,
-        {{ asapp_cast('company_marker', 'varchar') }}          as company_marker,
+        {{ asapp_cast('external_context_1', 'varchar') }} as external_context_1,
+        {{ asapp_cast('external_context_2', 'varchar') }} as external_context_2,
+        {{ asapp_cast('created_ts', 'timestamp') }} as created_ts,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
         {{ asapp_record_key(['company_marker', 'issue_id', 'third_party_customer_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -76,11 +91,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -30,17 +30,32 @@
         'issue_id',
         'company_name',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'issue_queues'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -48,26 +63,26 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}            as instance_ts,
-        {{ asapp_cast('agent_id', 'bigint') }}                  as agent_id,
-        {{ asapp_cast('conversation_id', 'bigint') }}           as conversation_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}      as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}         as company_segments,
-        {{ asapp_cast('enter_queue_ts', 'timestamp') }}         as enter_queue_ts,
-        {{ asapp_cast('exit_queue_ts', 'timestamp') }}          as exit_queue_ts,
-        {{ asapp_cast('queue_id', 'integer') }}                 as queue_id,
-        {{ asapp_cast('queue_name', 'varchar') }}               as queue_name,
-        {{ asapp_cast('abandoned', 'boolean') }}                as abandoned,
-        {{ asapp_cast('enqueue_time', 'double') }}              as enqueue_time,
-        {{ asapp_cast('exit_queue_eventtype', 'varchar') }}     as exit_queue_eventtype,
-        {{ asapp_cast('rep_id', 'varchar') }}                   as rep_id,
-        {{ asapp_cast('enter_queue_eventtype', 'varchar') }}    as enter_queue_eventtype,
-        {{ asapp_cast('enter_queue_eventflags', 'bigint') }}    as enter_queue_eventflags,
-        {{ asapp_cast('enter_queue_flow_name', 'varchar') }}    as enter_queue_flow_name,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('agent_id', 'bigint') }} as agent_id,
+        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('enter_queue_ts', 'timestamp') }} as enter_queue_ts,
+        {{ asapp_cast('exit_queue_ts', 'timestamp') }} as exit_queue_ts,
+        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
+        {{ asapp_cast('queue_name', 'varchar') }} as queue_name,
+        {{ asapp_cast('abandoned', 'boolean') }} as abandoned,
+        {{ asapp_cast('enqueue_time', 'double') }} as enqueue_time,
+        {{ asapp_cast('exit_queue_eventtype', 'varchar') }} as exit_queue_eventtype,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('enter_queue_eventtype', 'varchar') }} as enter_queue_eventtype,
+        {{ asapp_cast('enter_queue_eventflags', 'bigint') }} as enter_queue_eventflags,
+        {{ asapp_cast('enter_queue_flow_name', 'varchar') }} as enter_queue_flow_name,
         {{ asapp_cast('enter_queue_message_name', 'varchar') }} as enter_queue_message_name,
-        {{ asapp_cast('exit_queue_eventflags', 'bigint') }}     as exit_queue_eventflags,
-        {{ asapp_cast('issue_id', 'bigint') }}                  as issue_id,
-        {{ asapp_cast('company_name', 'varchar') }}             as company_name,
+        {{ asapp_cast('exit_queue_eventflags', 'bigint') }} as exit_queue_eventflags,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_record_key(['issue_id', 'queue_id', 'enter_queue_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -86,11 +101,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -9,13 +9,24 @@
         'issue_id',
         'company_name',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'issue_sentiment'), columns) }}
     ) as raw_rows
 
@@ -24,12 +35,12 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}  as instance_ts,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
         {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
-        {{ asapp_cast('score', 'double') }}           as score,
-        {{ asapp_cast('status', 'varchar') }}         as status,
-        {{ asapp_cast('issue_id', 'bigint') }}        as issue_id,
-        {{ asapp_cast('company_name', 'varchar') }}   as company_name,
+        {{ asapp_cast('score', 'double') }} as score,
+        {{ asapp_cast('status', 'varchar') }} as status,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_record_key(['issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,

@@ -25,17 +25,32 @@
         'channel_type',
         'company_name',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'issue_type'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -43,21 +58,21 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}       as instance_ts,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
         {{ asapp_cast('prechat_survey_ts', 'timestamp') }} as prechat_survey_ts,
-        {{ asapp_cast('type_change_ts', 'timestamp') }}    as type_change_ts,
-        {{ asapp_cast('issue_id', 'bigint') }}             as issue_id,
-        {{ asapp_cast('company_id', 'bigint') }}           as company_id,
+        {{ asapp_cast('type_change_ts', 'timestamp') }} as type_change_ts,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
         {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}    as company_segments,
-        {{ asapp_cast('customer_id', 'bigint') }}          as customer_id,
-        {{ asapp_cast('queue_id', 'integer') }}            as queue_id,
-        {{ asapp_cast('rep_id', 'varchar') }}              as rep_id,
-        {{ asapp_cast('issue_type', 'varchar') }}          as issue_type,
-        {{ asapp_cast('initial_type', 'varchar') }}        as initial_type,
-        {{ asapp_cast('subsidiary_name', 'varchar') }}     as subsidiary_name,
-        {{ asapp_cast('channel_type', 'varchar') }}        as channel_type,
-        {{ asapp_cast('company_name', 'varchar') }}        as company_name,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
+        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('issue_type', 'varchar') }} as issue_type,
+        {{ asapp_cast('initial_type', 'varchar') }} as initial_type,
+        {{ asapp_cast('subsidiary_name', 'varchar') }} as subsidiary_name,
+        {{ asapp_cast('channel_type', 'varchar') }} as channel_type,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_record_key(['company_id', 'customer_id', 'issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -76,11 +91,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

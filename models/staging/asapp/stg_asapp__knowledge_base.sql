@@ -28,17 +28,32 @@
         'is_paperclip_enabled',
         'external_article_id',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'knowledge_base'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -46,24 +61,24 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('issue_id', 'bigint') }}              as issue_id,
-        {{ asapp_cast('company_id', 'bigint') }}            as company_id,
-        {{ asapp_cast('article_id', 'varchar') }}           as article_id,
-        {{ asapp_cast('interaction', 'varchar') }}          as interaction,
-        {{ asapp_cast('is_favorited', 'boolean') }}         as is_favorited,
-        {{ asapp_cast('company_name', 'varchar') }}         as company_name,
-        {{ asapp_cast('event_ts', 'timestamp') }}           as event_ts,
-        {{ asapp_cast('event_type', 'varchar') }}           as event_type,
-        {{ asapp_cast('event_name', 'varchar') }}           as event_name,
-        {{ asapp_cast('rep_id', 'varchar') }}               as rep_id,
-        {{ asapp_cast('rep_assigned_ts', 'timestamp') }}    as rep_assigned_ts,
-        {{ asapp_cast('article_category', 'varchar') }}     as article_category,
-        {{ asapp_cast('discovery_type', 'varchar') }}       as discovery_type,
-        {{ asapp_cast('position', 'integer') }}             as position,
-        {{ asapp_cast('span_id', 'varchar') }}              as span_id,
-        {{ asapp_cast('article_name', 'varchar') }}         as article_name,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('article_id', 'varchar') }} as article_id,
+        {{ asapp_cast('interaction', 'varchar') }} as interaction,
+        {{ asapp_cast('is_favorited', 'boolean') }} as is_favorited,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('event_ts', 'timestamp') }} as event_ts,
+        {{ asapp_cast('event_type', 'varchar') }} as event_type,
+        {{ asapp_cast('event_name', 'varchar') }} as event_name,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('rep_assigned_ts', 'timestamp') }} as rep_assigned_ts,
+        {{ asapp_cast('article_category', 'varchar') }} as article_category,
+        {{ asapp_cast('discovery_type', 'varchar') }} as discovery_type,
+        {{ asapp_cast('position', 'integer') }} as position,
+        {{ asapp_cast('span_id', 'varchar') }} as span_id,
+        {{ asapp_cast('article_name', 'varchar') }} as article_name,
         {{ asapp_cast('is_paperclip_enabled', 'varchar') }} as is_paperclip_enabled,
-        {{ asapp_cast('external_article_id', 'varchar') }}  as external_article_id,
+        {{ asapp_cast('external_article_id', 'varchar') }} as external_article_id,
         {{ asapp_record_key(['company_id', 'issue_id', 'article_id', 'event_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -82,11 +97,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

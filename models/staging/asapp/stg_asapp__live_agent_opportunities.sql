@@ -66,17 +66,32 @@
         'exclusive_phrase_auto_complete_msgs',
         'autopilot_ending_msgs_ct',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'live_agent_opportunities'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -84,62 +99,62 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}                      as instance_ts,
-        {{ asapp_cast('company_id', 'bigint') }}                          as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}                as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}                   as company_segments,
-        {{ asapp_cast('customer_id', 'bigint') }}                         as customer_id,
-        {{ asapp_cast('rep_id', 'varchar') }}                             as rep_id,
-        {{ asapp_cast('opportunity_ts', 'timestamp') }}                   as opportunity_ts,
-        {{ asapp_cast('issue_id', 'bigint') }}                            as issue_id,
-        {{ asapp_cast('platform', 'varchar') }}                           as platform,
-        {{ asapp_cast('device_type', 'varchar') }}                        as device_type,
-        {{ asapp_cast('first_opportunity', 'boolean') }}                  as first_opportunity,
-        {{ asapp_cast('triggered_when_busy', 'boolean') }}                as triggered_when_busy,
-        {{ asapp_cast('triggered_outside_hours', 'boolean') }}            as triggered_outside_hours,
-        {{ asapp_cast('queue_id', 'integer') }}                           as queue_id,
-        {{ asapp_cast('queue_name', 'varchar') }}                         as queue_name,
-        {{ asapp_cast('intent_code', 'varchar') }}                        as intent_code,
-        {{ asapp_cast('event_type', 'varchar') }}                         as event_type,
-        {{ asapp_cast('previous_event_type', 'varchar') }}                as previous_event_type,
-        {{ asapp_cast('flow_name', 'varchar') }}                          as flow_name,
-        {{ asapp_cast('by_request', 'boolean') }}                         as by_request,
-        {{ asapp_cast('by_end_srs', 'boolean') }}                         as by_end_srs,
-        {{ asapp_cast('by_api_error', 'boolean') }}                       as by_api_error,
-        {{ asapp_cast('by_design', 'boolean') }}                          as by_design,
-        {{ asapp_cast('by_other', 'boolean') }}                           as by_other,
-        {{ asapp_cast('enqueued_ts', 'timestamp') }}                      as enqueued_ts,
-        {{ asapp_cast('exit_queue_ts', 'timestamp') }}                    as exit_queue_ts,
-        {{ asapp_cast('abandoned_ts', 'timestamp') }}                     as abandoned_ts,
-        {{ asapp_cast('assigned_ts', 'timestamp') }}                      as assigned_ts,
-        {{ asapp_cast('escalation_initiated_ts', 'timestamp') }}          as escalation_initiated_ts,
-        {{ asapp_cast('rep_first_response_ts', 'timestamp') }}            as rep_first_response_ts,
-        {{ asapp_cast('dispositioned_ts', 'timestamp') }}                 as dispositioned_ts,
-        {{ asapp_cast('customer_end_ts', 'timestamp') }}                  as customer_end_ts,
-        {{ asapp_cast('disposition_event_type', 'varchar') }}             as disposition_event_type,
-        {{ asapp_cast('cust_utterance_count', 'bigint') }}                as cust_utterance_count,
-        {{ asapp_cast('rep_utterance_count', 'bigint') }}                 as rep_utterance_count,
-        {{ asapp_cast('cust_response_ct', 'integer') }}                   as cust_response_ct,
-        {{ asapp_cast('rep_response_ct', 'integer') }}                    as rep_response_ct,
-        {{ asapp_cast('is_ghost_customer', 'boolean') }}                  as is_ghost_customer,
-        {{ asapp_cast('handle_time_seconds', 'double') }}                 as handle_time_seconds,
-        {{ asapp_cast('lead_time_seconds', 'double') }}                   as lead_time_seconds,
-        {{ asapp_cast('wrap_up_time_seconds', 'double') }}                as wrap_up_time_seconds,
-        {{ asapp_cast('accepted_wait_ts', 'timestamp') }}                 as accepted_wait_ts,
-        {{ asapp_cast('is_transfer', 'boolean') }}                        as is_transfer,
-        {{ asapp_cast('is_reengagement', 'boolean') }}                    as is_reengagement,
-        {{ asapp_cast('is_conversation_initiation', 'boolean') }}         as is_conversation_initiation,
-        {{ asapp_cast('company_name', 'varchar') }}                       as company_name,
-        {{ asapp_cast('from_queue_id', 'bigint') }}                       as from_queue_id,
-        {{ asapp_cast('from_queue_name', 'varchar') }}                    as from_queue_name,
-        {{ asapp_cast('from_rep_id', 'bigint') }}                         as from_rep_id,
-        {{ asapp_cast('is_check_in_reengagement', 'boolean') }}           as is_check_in_reengagement,
-        {{ asapp_cast('desk_mode_flag', 'bigint') }}                      as desk_mode_flag,
-        {{ asapp_cast('desk_mode_string', 'varchar') }}                   as desk_mode_string,
-        {{ asapp_cast('merged_from_issue_id', 'bigint') }}                as merged_from_issue_id,
-        {{ asapp_cast('merged_ts', 'timestamp') }}                        as merged_ts,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('opportunity_ts', 'timestamp') }} as opportunity_ts,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('platform', 'varchar') }} as platform,
+        {{ asapp_cast('device_type', 'varchar') }} as device_type,
+        {{ asapp_cast('first_opportunity', 'boolean') }} as first_opportunity,
+        {{ asapp_cast('triggered_when_busy', 'boolean') }} as triggered_when_busy,
+        {{ asapp_cast('triggered_outside_hours', 'boolean') }} as triggered_outside_hours,
+        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
+        {{ asapp_cast('queue_name', 'varchar') }} as queue_name,
+        {{ asapp_cast('intent_code', 'varchar') }} as intent_code,
+        {{ asapp_cast('event_type', 'varchar') }} as event_type,
+        {{ asapp_cast('previous_event_type', 'varchar') }} as previous_event_type,
+        {{ asapp_cast('flow_name', 'varchar') }} as flow_name,
+        {{ asapp_cast('by_request', 'boolean') }} as by_request,
+        {{ asapp_cast('by_end_srs', 'boolean') }} as by_end_srs,
+        {{ asapp_cast('by_api_error', 'boolean') }} as by_api_error,
+        {{ asapp_cast('by_design', 'boolean') }} as by_design,
+        {{ asapp_cast('by_other', 'boolean') }} as by_other,
+        {{ asapp_cast('enqueued_ts', 'timestamp') }} as enqueued_ts,
+        {{ asapp_cast('exit_queue_ts', 'timestamp') }} as exit_queue_ts,
+        {{ asapp_cast('abandoned_ts', 'timestamp') }} as abandoned_ts,
+        {{ asapp_cast('assigned_ts', 'timestamp') }} as assigned_ts,
+        {{ asapp_cast('escalation_initiated_ts', 'timestamp') }} as escalation_initiated_ts,
+        {{ asapp_cast('rep_first_response_ts', 'timestamp') }} as rep_first_response_ts,
+        {{ asapp_cast('dispositioned_ts', 'timestamp') }} as dispositioned_ts,
+        {{ asapp_cast('customer_end_ts', 'timestamp') }} as customer_end_ts,
+        {{ asapp_cast('disposition_event_type', 'varchar') }} as disposition_event_type,
+        {{ asapp_cast('cust_utterance_count', 'bigint') }} as cust_utterance_count,
+        {{ asapp_cast('rep_utterance_count', 'bigint') }} as rep_utterance_count,
+        {{ asapp_cast('cust_response_ct', 'integer') }} as cust_response_ct,
+        {{ asapp_cast('rep_response_ct', 'integer') }} as rep_response_ct,
+        {{ asapp_cast('is_ghost_customer', 'boolean') }} as is_ghost_customer,
+        {{ asapp_cast('handle_time_seconds', 'double') }} as handle_time_seconds,
+        {{ asapp_cast('lead_time_seconds', 'double') }} as lead_time_seconds,
+        {{ asapp_cast('wrap_up_time_seconds', 'double') }} as wrap_up_time_seconds,
+        {{ asapp_cast('accepted_wait_ts', 'timestamp') }} as accepted_wait_ts,
+        {{ asapp_cast('is_transfer', 'boolean') }} as is_transfer,
+        {{ asapp_cast('is_reengagement', 'boolean') }} as is_reengagement,
+        {{ asapp_cast('is_conversation_initiation', 'boolean') }} as is_conversation_initiation,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('from_queue_id', 'bigint') }} as from_queue_id,
+        {{ asapp_cast('from_queue_name', 'varchar') }} as from_queue_name,
+        {{ asapp_cast('from_rep_id', 'bigint') }} as from_rep_id,
+        {{ asapp_cast('is_check_in_reengagement', 'boolean') }} as is_check_in_reengagement,
+        {{ asapp_cast('desk_mode_flag', 'bigint') }} as desk_mode_flag,
+        {{ asapp_cast('desk_mode_string', 'varchar') }} as desk_mode_string,
+        {{ asapp_cast('merged_from_issue_id', 'bigint') }} as merged_from_issue_id,
+        {{ asapp_cast('merged_ts', 'timestamp') }} as merged_ts,
         {{ asapp_cast('exclusive_phrase_auto_complete_msgs', 'bigint') }} as exclusive_phrase_auto_complete_msgs,
-        {{ asapp_cast('autopilot_ending_msgs_ct', 'integer') }}           as autopilot_ending_msgs_ct,
+        {{ asapp_cast('autopilot_ending_msgs_ct', 'integer') }} as autopilot_ending_msgs_ct,
         {{ asapp_record_key(['issue_id', 'customer_id', 'opportunity_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -158,11 +173,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -23,17 +23,32 @@
         'queue_name',
         'opportunity_ts',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'queue_check_ins'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -41,19 +56,19 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('issue_id', 'bigint') }}                        as issue_id,
-        {{ asapp_cast('customer_id', 'bigint') }}                     as customer_id,
-        {{ asapp_cast('company_id', 'bigint') }}                      as company_id,
-        {{ asapp_cast('instance_ts', 'timestamp') }}                  as instance_ts,
-        {{ asapp_cast('check_in_ts', 'timestamp') }}                  as check_in_ts,
-        {{ asapp_cast('wait_time_threshold_ts', 'timestamp') }}       as wait_time_threshold_ts,
-        {{ asapp_cast('check_in_result', 'varchar') }}                as check_in_result,
-        {{ asapp_cast('check_in_result_ts', 'timestamp') }}           as check_in_result_ts,
-        {{ asapp_cast('company_name', 'varchar') }}                   as company_name,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('check_in_ts', 'timestamp') }} as check_in_ts,
+        {{ asapp_cast('wait_time_threshold_ts', 'timestamp') }} as wait_time_threshold_ts,
+        {{ asapp_cast('check_in_result', 'varchar') }} as check_in_result,
+        {{ asapp_cast('check_in_result_ts', 'timestamp') }} as check_in_result_ts,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_cast('wait_time_threshold_ct_distinct', 'bigint') }} as wait_time_threshold_ct_distinct,
-        {{ asapp_cast('queue_id', 'integer') }}                       as queue_id,
-        {{ asapp_cast('queue_name', 'varchar') }}                     as queue_name,
-        {{ asapp_cast('opportunity_ts', 'timestamp') }}               as opportunity_ts,
+        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
+        {{ asapp_cast('queue_name', 'varchar') }} as queue_name,
+        {{ asapp_cast('opportunity_ts', 'timestamp') }} as opportunity_ts,
         {{ asapp_record_key(['company_id', 'issue_id', 'customer_id', 'check_in_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -72,11 +87,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -15,13 +15,24 @@
         'quick_reply_selected_count',
         'company_name',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'quick_reply_buttons'), columns) }}
     ) as raw_rows
 
@@ -30,19 +41,28 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}              as instance_ts,
-        {{ asapp_cast('company_id', 'bigint') }}                  as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}        as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}           as company_segments,
-        {{ asapp_cast('final_intent_code', 'varchar') }}          as final_intent_code,
-        {{ asapp_cast('escalated_to_chat', 'bigint') }}           as escalated_to_chat,
-        {{ asapp_cast('escalation_requested', 'integer') }}       as escalation_requested,
-        {{ asapp_cast('quick_reply_button_text', 'varchar') }}    as quick_reply_button_text,
-        {{ asapp_cast('quick_reply_button_index', 'integer') }}   as quick_reply_button_index,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('final_intent_code', 'varchar') }} as final_intent_code,
+        {{ asapp_cast('escalated_to_chat', 'bigint') }} as escalated_to_chat,
+        {{ asapp_cast('escalation_requested', 'integer') }} as escalation_requested,
+        {{ asapp_cast('quick_reply_button_text', 'varchar') }} as quick_reply_button_text,
+        {{ asapp_cast('quick_reply_button_index', 'integer') }} as quick_reply_button_index,
         {{ asapp_cast('quick_reply_displayed_count', 'bigint') }} as quick_reply_displayed_count,
-        {{ asapp_cast('quick_reply_selected_count', 'bigint') }}  as quick_reply_selected_count,
-        {{ asapp_cast('company_name', 'varchar') }}               as company_name,
-        {{ asapp_record_key(['company_id', 'company_subdivision', 'company_segments', 'final_intent_code', 'quick_reply_button_text', 'escalated_to_chat', 'escalation_requested', 'quick_reply_button_index']) }} as _asapp_record_key,
+        {{ asapp_cast('quick_reply_selected_count', 'bigint') }} as quick_reply_selected_count,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_record_key([
+            'company_id',
+            'company_subdivision',
+            'company_segments',
+            'final_intent_code',
+            'quick_reply_button_text',
+            'escalated_to_chat',
+            'escalation_requested',
+            'quick_reply_button_index',
+        ]) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,

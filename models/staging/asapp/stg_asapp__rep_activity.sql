@@ -34,17 +34,32 @@
         'last_dispositioned_ts',
         'company_id',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'rep_activity'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -52,30 +67,30 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}           as instance_ts,
-        {{ asapp_cast('update_ts', 'timestamp') }}             as update_ts,
-        {{ asapp_cast('export_ts', 'varchar') }}               as export_ts,
-        {{ asapp_cast('agent_id', 'bigint') }}                 as agent_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}     as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}        as company_segments,
-        {{ asapp_cast('agent_name', 'varchar') }}              as agent_name,
-        {{ asapp_cast('status_id', 'varchar') }}               as status_id,
-        {{ asapp_cast('status_description', 'varchar') }}      as status_description,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('update_ts', 'timestamp') }} as update_ts,
+        {{ asapp_cast('export_ts', 'varchar') }} as export_ts,
+        {{ asapp_cast('agent_id', 'bigint') }} as agent_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('agent_name', 'varchar') }} as agent_name,
+        {{ asapp_cast('status_id', 'varchar') }} as status_id,
+        {{ asapp_cast('status_description', 'varchar') }} as status_description,
         {{ asapp_cast('orig_status_description', 'varchar') }} as orig_status_description,
         {{ asapp_cast('in_status_starting_ts', 'timestamp') }} as in_status_starting_ts,
-        {{ asapp_cast('linear_ute_time', 'double') }}          as linear_ute_time,
-        {{ asapp_cast('cumul_ute_time', 'double') }}           as cumul_ute_time,
-        {{ asapp_cast('unutilized_time', 'double') }}          as unutilized_time,
-        {{ asapp_cast('window_status_time', 'double') }}       as window_status_time,
-        {{ asapp_cast('total_status_time', 'double') }}        as total_status_time,
-        {{ asapp_cast('max_slots', 'integer') }}               as max_slots,
-        {{ asapp_cast('status_end_ts', 'timestamp') }}         as status_end_ts,
-        {{ asapp_cast('rep_id', 'varchar') }}                  as rep_id,
-        {{ asapp_cast('rep_name', 'varchar') }}                as rep_name,
-        {{ asapp_cast('company_name', 'varchar') }}            as company_name,
-        {{ asapp_cast('desk_mode', 'varchar') }}               as desk_mode,
+        {{ asapp_cast('linear_ute_time', 'double') }} as linear_ute_time,
+        {{ asapp_cast('cumul_ute_time', 'double') }} as cumul_ute_time,
+        {{ asapp_cast('unutilized_time', 'double') }} as unutilized_time,
+        {{ asapp_cast('window_status_time', 'double') }} as window_status_time,
+        {{ asapp_cast('total_status_time', 'double') }} as total_status_time,
+        {{ asapp_cast('max_slots', 'integer') }} as max_slots,
+        {{ asapp_cast('status_end_ts', 'timestamp') }} as status_end_ts,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('rep_name', 'varchar') }} as rep_name,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('desk_mode', 'varchar') }} as desk_mode,
         {{ asapp_cast('last_dispositioned_ts', 'timestamp') }} as last_dispositioned_ts,
-        {{ asapp_cast('company_id', 'bigint') }}               as company_id,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
         {{ asapp_record_key(['company_id', 'instance_ts', 'rep_id', 'status_id', 'in_status_starting_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -94,11 +109,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -36,17 +36,32 @@
         'company_name',
         'auto_summary_txt',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'rep_assignment_disposition'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -54,32 +69,32 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('company_id', 'bigint') }}                                as company_id,
-        {{ asapp_cast('issue_id', 'bigint') }}                                  as issue_id,
-        {{ asapp_cast('rep_id', 'varchar') }}                                   as rep_id,
-        {{ asapp_cast('rep_assigned_ts', 'timestamp') }}                        as rep_assigned_ts,
-        {{ asapp_cast('disposition_event', 'varchar') }}                        as disposition_event,
-        {{ asapp_cast('disposition_notes_txt', 'varchar') }}                    as disposition_notes_txt,
-        {{ asapp_cast('disposition_notes_valid', 'boolean') }}                  as disposition_notes_valid,
-        {{ asapp_cast('crm_offered_ts', 'timestamp') }}                         as crm_offered_ts,
-        {{ asapp_cast('crm_outcome_ts', 'timestamp') }}                         as crm_outcome_ts,
-        {{ asapp_cast('crm_is_success', 'boolean') }}                           as crm_is_success,
-        {{ asapp_cast('crm_error_type', 'varchar') }}                           as crm_error_type,
-        {{ asapp_cast('crm_error_source', 'varchar') }}                         as crm_error_source,
-        {{ asapp_cast('presented_tags', 'varchar') }}                           as presented_tags,
-        {{ asapp_cast('selected_tags', 'varchar') }}                            as selected_tags,
-        {{ asapp_cast('notes_presented_tags', 'varchar') }}                     as notes_presented_tags,
-        {{ asapp_cast('notes_selected_tags', 'varchar') }}                      as notes_selected_tags,
-        {{ asapp_cast('assignment_end_presented_tags', 'varchar') }}            as assignment_end_presented_tags,
-        {{ asapp_cast('assignment_end_selected_tags', 'varchar') }}             as assignment_end_selected_tags,
-        {{ asapp_cast('presented_tags_ct_distinct', 'bigint') }}                as presented_tags_ct_distinct,
-        {{ asapp_cast('selected_tags_ct_distinct', 'bigint') }}                 as selected_tags_ct_distinct,
-        {{ asapp_cast('notes_presented_tags_ct_distinct', 'bigint') }}          as notes_presented_tags_ct_distinct,
-        {{ asapp_cast('notes_selected_tags_ct_distinct', 'bigint') }}           as notes_selected_tags_ct_distinct,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('rep_assigned_ts', 'timestamp') }} as rep_assigned_ts,
+        {{ asapp_cast('disposition_event', 'varchar') }} as disposition_event,
+        {{ asapp_cast('disposition_notes_txt', 'varchar') }} as disposition_notes_txt,
+        {{ asapp_cast('disposition_notes_valid', 'boolean') }} as disposition_notes_valid,
+        {{ asapp_cast('crm_offered_ts', 'timestamp') }} as crm_offered_ts,
+        {{ asapp_cast('crm_outcome_ts', 'timestamp') }} as crm_outcome_ts,
+        {{ asapp_cast('crm_is_success', 'boolean') }} as crm_is_success,
+        {{ asapp_cast('crm_error_type', 'varchar') }} as crm_error_type,
+        {{ asapp_cast('crm_error_source', 'varchar') }} as crm_error_source,
+        {{ asapp_cast('presented_tags', 'varchar') }} as presented_tags,
+        {{ asapp_cast('selected_tags', 'varchar') }} as selected_tags,
+        {{ asapp_cast('notes_presented_tags', 'varchar') }} as notes_presented_tags,
+        {{ asapp_cast('notes_selected_tags', 'varchar') }} as notes_selected_tags,
+        {{ asapp_cast('assignment_end_presented_tags', 'varchar') }} as assignment_end_presented_tags,
+        {{ asapp_cast('assignment_end_selected_tags', 'varchar') }} as assignment_end_selected_tags,
+        {{ asapp_cast('presented_tags_ct_distinct', 'bigint') }} as presented_tags_ct_distinct,
+        {{ asapp_cast('selected_tags_ct_distinct', 'bigint') }} as selected_tags_ct_distinct,
+        {{ asapp_cast('notes_presented_tags_ct_distinct', 'bigint') }} as notes_presented_tags_ct_distinct,
+        {{ asapp_cast('notes_selected_tags_ct_distinct', 'bigint') }} as notes_selected_tags_ct_distinct,
         {{ asapp_cast('assignment_end_presented_tags_ct_distinct', 'bigint') }} as assignment_end_presented_tags_ct_distinct,
-        {{ asapp_cast('assignment_end_selected_tags_ct_distinct', 'bigint') }}  as assignment_end_selected_tags_ct_distinct,
-        {{ asapp_cast('company_name', 'varchar') }}                             as company_name,
-        {{ asapp_cast('auto_summary_txt', 'varchar') }}                         as auto_summary_txt,
+        {{ asapp_cast('assignment_end_selected_tags_ct_distinct', 'bigint') }} as assignment_end_selected_tags_ct_distinct,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('auto_summary_txt', 'varchar') }} as auto_summary_txt,
         {{ asapp_record_key(['company_id', 'issue_id', 'rep_id', 'rep_assigned_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -98,11 +113,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

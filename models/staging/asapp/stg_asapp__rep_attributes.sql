@@ -13,13 +13,24 @@
         'external_rep_id',
         'company_name',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'rep_attributes'), columns) }}
     ) as raw_rows
 
@@ -28,16 +39,16 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('created_ts', 'timestamp') }}       as created_ts,
-        {{ asapp_cast('agent_id', 'bigint') }}            as agent_id,
-        {{ asapp_cast('attribute_name', 'varchar') }}     as attribute_name,
-        {{ asapp_cast('attribute_value', 'varchar') }}    as attribute_value,
+        {{ asapp_cast('created_ts', 'timestamp') }} as created_ts,
+        {{ asapp_cast('agent_id', 'bigint') }} as agent_id,
+        {{ asapp_cast('attribute_name', 'varchar') }} as attribute_name,
+        {{ asapp_cast('attribute_value', 'varchar') }} as attribute_value,
         {{ asapp_cast('agent_attribute_id', 'varchar') }} as agent_attribute_id,
-        {{ asapp_cast('external_agent_id', 'varchar') }}  as external_agent_id,
-        {{ asapp_cast('rep_id', 'varchar') }}             as rep_id,
-        {{ asapp_cast('rep_attribute_id', 'bigint') }}    as rep_attribute_id,
-        {{ asapp_cast('external_rep_id', 'varchar') }}    as external_rep_id,
-        {{ asapp_cast('company_name', 'varchar') }}       as company_name,
+        {{ asapp_cast('external_agent_id', 'varchar') }} as external_agent_id,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('rep_attribute_id', 'bigint') }} as rep_attribute_id,
+        {{ asapp_cast('external_rep_id', 'varchar') }} as external_rep_id,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_record_key(['rep_attribute_id', 'rep_id', 'created_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,

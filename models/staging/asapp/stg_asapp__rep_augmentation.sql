@@ -38,17 +38,32 @@
         'cume_phrase_auto_complete',
         'exclusive_phrase_auto_complete_msgs',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'rep_augmentation'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -56,33 +71,33 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}                       as instance_ts,
-        {{ asapp_cast('conversation_id', 'bigint') }}                      as conversation_id,
-        {{ asapp_cast('company_id', 'bigint') }}                           as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}                 as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}                    as company_segments,
-        {{ asapp_cast('customer_id', 'bigint') }}                          as customer_id,
-        {{ asapp_cast('agent_id', 'bigint') }}                             as agent_id,
-        {{ asapp_cast('external_customer_id', 'varchar') }}                as external_customer_id,
-        {{ asapp_cast('conversation_end_ts', 'timestamp') }}               as conversation_end_ts,
-        {{ asapp_cast('auto_suggest_msgs', 'bigint') }}                    as auto_suggest_msgs,
-        {{ asapp_cast('auto_complete_msgs', 'bigint') }}                   as auto_complete_msgs,
-        {{ asapp_cast('did_customer_timeout', 'boolean') }}                as did_customer_timeout,
-        {{ asapp_cast('is_rep_resolved', 'boolean') }}                     as is_rep_resolved,
-        {{ asapp_cast('is_billable', 'boolean') }}                         as is_billable,
-        {{ asapp_cast('custom_auto_suggest_msgs', 'bigint') }}             as custom_auto_suggest_msgs,
-        {{ asapp_cast('custom_auto_complete_msgs', 'bigint') }}            as custom_auto_complete_msgs,
-        {{ asapp_cast('drawer_msgs', 'bigint') }}                          as drawer_msgs,
-        {{ asapp_cast('kb_search_msgs', 'bigint') }}                       as kb_search_msgs,
-        {{ asapp_cast('kb_recommendation_msgs', 'bigint') }}               as kb_recommendation_msgs,
-        {{ asapp_cast('issue_id', 'bigint') }}                             as issue_id,
-        {{ asapp_cast('rep_id', 'varchar') }}                              as rep_id,
-        {{ asapp_cast('company_name', 'varchar') }}                        as company_name,
-        {{ asapp_cast('is_autopilot_timeout_msgs', 'varchar') }}           as is_autopilot_timeout_msgs,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
+        {{ asapp_cast('agent_id', 'bigint') }} as agent_id,
+        {{ asapp_cast('external_customer_id', 'varchar') }} as external_customer_id,
+        {{ asapp_cast('conversation_end_ts', 'timestamp') }} as conversation_end_ts,
+        {{ asapp_cast('auto_suggest_msgs', 'bigint') }} as auto_suggest_msgs,
+        {{ asapp_cast('auto_complete_msgs', 'bigint') }} as auto_complete_msgs,
+        {{ asapp_cast('did_customer_timeout', 'boolean') }} as did_customer_timeout,
+        {{ asapp_cast('is_rep_resolved', 'boolean') }} as is_rep_resolved,
+        {{ asapp_cast('is_billable', 'boolean') }} as is_billable,
+        {{ asapp_cast('custom_auto_suggest_msgs', 'bigint') }} as custom_auto_suggest_msgs,
+        {{ asapp_cast('custom_auto_complete_msgs', 'bigint') }} as custom_auto_complete_msgs,
+        {{ asapp_cast('drawer_msgs', 'bigint') }} as drawer_msgs,
+        {{ asapp_cast('kb_search_msgs', 'bigint') }} as kb_search_msgs,
+        {{ asapp_cast('kb_recommendation_msgs', 'bigint') }} as kb_recommendation_msgs,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('is_autopilot_timeout_msgs', 'varchar') }} as is_autopilot_timeout_msgs,
         {{ asapp_cast('phrase_auto_complete_presented_msgs', 'integer') }} as phrase_auto_complete_presented_msgs,
         {{ asapp_cast('cume_phrase_auto_complete_presented', 'integer') }} as cume_phrase_auto_complete_presented,
-        {{ asapp_cast('phrase_auto_complete_msgs', 'integer') }}           as phrase_auto_complete_msgs,
-        {{ asapp_cast('cume_phrase_auto_complete', 'integer') }}           as cume_phrase_auto_complete,
+        {{ asapp_cast('phrase_auto_complete_msgs', 'integer') }} as phrase_auto_complete_msgs,
+        {{ asapp_cast('cume_phrase_auto_complete', 'integer') }} as cume_phrase_auto_complete,
         {{ asapp_cast('exclusive_phrase_auto_complete_msgs', 'integer') }} as exclusive_phrase_auto_complete_msgs,
         {{ asapp_record_key(['issue_id']) }} as _asapp_record_key,
         _asapp_feed,
@@ -102,11 +117,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

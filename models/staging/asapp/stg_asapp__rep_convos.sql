@@ -63,17 +63,32 @@
         'augmented_msgs',
         'autopilot_ending_msgs_ct',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'rep_convos'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -81,59 +96,59 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}                       as instance_ts,
-        {{ asapp_cast('conversation_id', 'bigint') }}                      as conversation_id,
-        {{ asapp_cast('agent_id', 'bigint') }}                             as agent_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}                 as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}                    as company_segments,
-        {{ asapp_cast('issue_assigned_ts', 'timestamp') }}                 as issue_assigned_ts,
-        {{ asapp_cast('agent_first_response_ts', 'varchar') }}             as agent_first_response_ts,
-        {{ asapp_cast('dispositioned_ts', 'timestamp') }}                  as dispositioned_ts,
-        {{ asapp_cast('customer_end_ts', 'timestamp') }}                   as customer_end_ts,
-        {{ asapp_cast('disposition_event_type', 'varchar') }}              as disposition_event_type,
-        {{ asapp_cast('cust_utterance_count', 'bigint') }}                 as cust_utterance_count,
-        {{ asapp_cast('rep_utterance_count', 'bigint') }}                  as rep_utterance_count,
-        {{ asapp_cast('handle_time_seconds', 'double') }}                  as handle_time_seconds,
-        {{ asapp_cast('lead_time_seconds', 'double') }}                    as lead_time_seconds,
-        {{ asapp_cast('wrap_up_time_seconds', 'double') }}                 as wrap_up_time_seconds,
-        {{ asapp_cast('rep_response_ct', 'integer') }}                     as rep_response_ct,
-        {{ asapp_cast('cust_response_ct', 'integer') }}                    as cust_response_ct,
-        {{ asapp_cast('auto_suggest_msgs', 'bigint') }}                    as auto_suggest_msgs,
-        {{ asapp_cast('auto_complete_msgs', 'bigint') }}                   as auto_complete_msgs,
-        {{ asapp_cast('custom_auto_suggest_msgs', 'bigint') }}             as custom_auto_suggest_msgs,
-        {{ asapp_cast('custom_auto_complete_msgs', 'bigint') }}            as custom_auto_complete_msgs,
-        {{ asapp_cast('drawer_msgs', 'bigint') }}                          as drawer_msgs,
-        {{ asapp_cast('kb_search_msgs', 'bigint') }}                       as kb_search_msgs,
-        {{ asapp_cast('kb_recommendation_msgs', 'bigint') }}               as kb_recommendation_msgs,
-        {{ asapp_cast('is_ghost_customer', 'boolean') }}                   as is_ghost_customer,
-        {{ asapp_cast('first_response_seconds', 'bigint') }}               as first_response_seconds,
-        {{ asapp_cast('cume_rep_response_seconds', 'bigint') }}            as cume_rep_response_seconds,
-        {{ asapp_cast('max_rep_response_seconds', 'double') }}             as max_rep_response_seconds,
-        {{ asapp_cast('avg_rep_response_seconds', 'double') }}             as avg_rep_response_seconds,
-        {{ asapp_cast('cume_cust_response_seconds', 'bigint') }}           as cume_cust_response_seconds,
-        {{ asapp_cast('issue_id', 'bigint') }}                             as issue_id,
-        {{ asapp_cast('rep_id', 'varchar') }}                              as rep_id,
-        {{ asapp_cast('rep_first_response_ts', 'timestamp') }}             as rep_first_response_ts,
-        {{ asapp_cast('hold_ct', 'bigint') }}                              as hold_ct,
-        {{ asapp_cast('cume_hold_time_seconds', 'double') }}               as cume_hold_time_seconds,
-        {{ asapp_cast('company_name', 'varchar') }}                        as company_name,
-        {{ asapp_cast('client_mode', 'varchar') }}                         as client_mode,
-        {{ asapp_cast('cume_cross_talk_seconds', 'numeric(38,5)') }}       as cume_cross_talk_seconds,
-        {{ asapp_cast('desk_mode_flag', 'bigint') }}                       as desk_mode_flag,
-        {{ asapp_cast('desk_mode_string', 'varchar') }}                    as desk_mode_string,
-        {{ asapp_cast('queue_id', 'integer') }}                            as queue_id,
-        {{ asapp_cast('autopilot_timeout_msgs', 'integer') }}              as autopilot_timeout_msgs,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
+        {{ asapp_cast('agent_id', 'bigint') }} as agent_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('issue_assigned_ts', 'timestamp') }} as issue_assigned_ts,
+        {{ asapp_cast('agent_first_response_ts', 'varchar') }} as agent_first_response_ts,
+        {{ asapp_cast('dispositioned_ts', 'timestamp') }} as dispositioned_ts,
+        {{ asapp_cast('customer_end_ts', 'timestamp') }} as customer_end_ts,
+        {{ asapp_cast('disposition_event_type', 'varchar') }} as disposition_event_type,
+        {{ asapp_cast('cust_utterance_count', 'bigint') }} as cust_utterance_count,
+        {{ asapp_cast('rep_utterance_count', 'bigint') }} as rep_utterance_count,
+        {{ asapp_cast('handle_time_seconds', 'double') }} as handle_time_seconds,
+        {{ asapp_cast('lead_time_seconds', 'double') }} as lead_time_seconds,
+        {{ asapp_cast('wrap_up_time_seconds', 'double') }} as wrap_up_time_seconds,
+        {{ asapp_cast('rep_response_ct', 'integer') }} as rep_response_ct,
+        {{ asapp_cast('cust_response_ct', 'integer') }} as cust_response_ct,
+        {{ asapp_cast('auto_suggest_msgs', 'bigint') }} as auto_suggest_msgs,
+        {{ asapp_cast('auto_complete_msgs', 'bigint') }} as auto_complete_msgs,
+        {{ asapp_cast('custom_auto_suggest_msgs', 'bigint') }} as custom_auto_suggest_msgs,
+        {{ asapp_cast('custom_auto_complete_msgs', 'bigint') }} as custom_auto_complete_msgs,
+        {{ asapp_cast('drawer_msgs', 'bigint') }} as drawer_msgs,
+        {{ asapp_cast('kb_search_msgs', 'bigint') }} as kb_search_msgs,
+        {{ asapp_cast('kb_recommendation_msgs', 'bigint') }} as kb_recommendation_msgs,
+        {{ asapp_cast('is_ghost_customer', 'boolean') }} as is_ghost_customer,
+        {{ asapp_cast('first_response_seconds', 'bigint') }} as first_response_seconds,
+        {{ asapp_cast('cume_rep_response_seconds', 'bigint') }} as cume_rep_response_seconds,
+        {{ asapp_cast('max_rep_response_seconds', 'double') }} as max_rep_response_seconds,
+        {{ asapp_cast('avg_rep_response_seconds', 'double') }} as avg_rep_response_seconds,
+        {{ asapp_cast('cume_cust_response_seconds', 'bigint') }} as cume_cust_response_seconds,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('rep_first_response_ts', 'timestamp') }} as rep_first_response_ts,
+        {{ asapp_cast('hold_ct', 'bigint') }} as hold_ct,
+        {{ asapp_cast('cume_hold_time_seconds', 'double') }} as cume_hold_time_seconds,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('client_mode', 'varchar') }} as client_mode,
+        {{ asapp_cast('cume_cross_talk_seconds', 'numeric(38,5)') }} as cume_cross_talk_seconds,
+        {{ asapp_cast('desk_mode_flag', 'bigint') }} as desk_mode_flag,
+        {{ asapp_cast('desk_mode_string', 'varchar') }} as desk_mode_string,
+        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
+        {{ asapp_cast('autopilot_timeout_msgs', 'integer') }} as autopilot_timeout_msgs,
         {{ asapp_cast('exclusive_phrase_auto_complete_msgs', 'integer') }} as exclusive_phrase_auto_complete_msgs,
-        {{ asapp_cast('custom_click_to_insert_msgs', 'integer') }}         as custom_click_to_insert_msgs,
-        {{ asapp_cast('ms_auto_suggest_msgs', 'integer') }}                as ms_auto_suggest_msgs,
-        {{ asapp_cast('ms_auto_complete_msgs', 'integer') }}               as ms_auto_complete_msgs,
-        {{ asapp_cast('ms_auto_suggest_custom_msgs', 'integer') }}         as ms_auto_suggest_custom_msgs,
-        {{ asapp_cast('ms_auto_complete_custom_msgs', 'integer') }}        as ms_auto_complete_custom_msgs,
-        {{ asapp_cast('autopilot_form_msgs', 'bigint') }}                  as autopilot_form_msgs,
-        {{ asapp_cast('click_to_insert_global_msgs', 'integer') }}         as click_to_insert_global_msgs,
-        {{ asapp_cast('autopilot_greeting_msgs', 'bigint') }}              as autopilot_greeting_msgs,
-        {{ asapp_cast('augmented_msgs', 'bigint') }}                       as augmented_msgs,
-        {{ asapp_cast('autopilot_ending_msgs_ct', 'integer') }}            as autopilot_ending_msgs_ct,
+        {{ asapp_cast('custom_click_to_insert_msgs', 'integer') }} as custom_click_to_insert_msgs,
+        {{ asapp_cast('ms_auto_suggest_msgs', 'integer') }} as ms_auto_suggest_msgs,
+        {{ asapp_cast('ms_auto_complete_msgs', 'integer') }} as ms_auto_complete_msgs,
+        {{ asapp_cast('ms_auto_suggest_custom_msgs', 'integer') }} as ms_auto_suggest_custom_msgs,
+        {{ asapp_cast('ms_auto_complete_custom_msgs', 'integer') }} as ms_auto_complete_custom_msgs,
+        {{ asapp_cast('autopilot_form_msgs', 'bigint') }} as autopilot_form_msgs,
+        {{ asapp_cast('click_to_insert_global_msgs', 'integer') }} as click_to_insert_global_msgs,
+        {{ asapp_cast('autopilot_greeting_msgs', 'bigint') }} as autopilot_greeting_msgs,
+        {{ asapp_cast('augmented_msgs', 'bigint') }} as augmented_msgs,
+        {{ asapp_cast('autopilot_ending_msgs_ct', 'integer') }} as autopilot_ending_msgs_ct,
         {{ asapp_record_key(['issue_id', 'rep_id', 'issue_assigned_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -152,11 +167,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

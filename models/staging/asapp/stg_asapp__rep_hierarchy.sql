@@ -9,13 +9,24 @@
         'superior_rep_id',
         'company_name',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'rep_hierarchy'), columns) }}
     ) as raw_rows
 
@@ -24,12 +35,12 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('subordinate_agent_id', 'varchar') }}   as subordinate_agent_id,
-        {{ asapp_cast('superior_agent_id', 'varchar') }}      as superior_agent_id,
+        {{ asapp_cast('subordinate_agent_id', 'varchar') }} as subordinate_agent_id,
+        {{ asapp_cast('superior_agent_id', 'varchar') }} as superior_agent_id,
         {{ asapp_cast('reporting_relationship', 'varchar') }} as reporting_relationship,
-        {{ asapp_cast('subordinate_rep_id', 'bigint') }}      as subordinate_rep_id,
-        {{ asapp_cast('superior_rep_id', 'bigint') }}         as superior_rep_id,
-        {{ asapp_cast('company_name', 'varchar') }}           as company_name,
+        {{ asapp_cast('subordinate_rep_id', 'bigint') }} as subordinate_rep_id,
+        {{ asapp_cast('superior_rep_id', 'bigint') }} as superior_rep_id,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_record_key(['subordinate_rep_id', 'superior_rep_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,

@@ -54,17 +54,32 @@
         'cum_weighted_inactive_seconds',
         'company_marker',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'rep_utilized'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -72,50 +87,50 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}                          as instance_ts,
-        {{ asapp_cast('update_ts', 'varchar') }}                              as update_ts,
-        {{ asapp_cast('export_ts', 'varchar') }}                              as export_ts,
-        {{ asapp_cast('company_id', 'bigint') }}                              as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}                    as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}                       as company_segments,
-        {{ asapp_cast('rep_id', 'varchar') }}                                 as rep_id,
-        {{ asapp_cast('rep_name', 'varchar') }}                               as rep_name,
-        {{ asapp_cast('max_slots', 'integer') }}                              as max_slots,
-        {{ asapp_cast('cum_logged_in_min', 'bigint') }}                       as cum_logged_in_min,
-        {{ asapp_cast('lin_logged_in_min', 'bigint') }}                       as lin_logged_in_min,
-        {{ asapp_cast('cum_avail_min', 'bigint') }}                           as cum_avail_min,
-        {{ asapp_cast('lin_avail_min', 'bigint') }}                           as lin_avail_min,
-        {{ asapp_cast('cum_busy_min', 'bigint') }}                            as cum_busy_min,
-        {{ asapp_cast('lin_busy_min', 'bigint') }}                            as lin_busy_min,
-        {{ asapp_cast('cum_prebreak_min', 'bigint') }}                        as cum_prebreak_min,
-        {{ asapp_cast('lin_prebreak_min', 'bigint') }}                        as lin_prebreak_min,
-        {{ asapp_cast('cum_ute_total_min', 'bigint') }}                       as cum_ute_total_min,
-        {{ asapp_cast('lin_ute_total_min', 'bigint') }}                       as lin_ute_total_min,
-        {{ asapp_cast('cum_ute_avail_min', 'bigint') }}                       as cum_ute_avail_min,
-        {{ asapp_cast('lin_ute_avail_min', 'bigint') }}                       as lin_ute_avail_min,
-        {{ asapp_cast('cum_ute_busy_min', 'bigint') }}                        as cum_ute_busy_min,
-        {{ asapp_cast('lin_ute_busy_min', 'bigint') }}                        as lin_ute_busy_min,
-        {{ asapp_cast('cum_ute_prebreak_min', 'bigint') }}                    as cum_ute_prebreak_min,
-        {{ asapp_cast('lin_ute_prebreak_min', 'bigint') }}                    as lin_ute_prebreak_min,
-        {{ asapp_cast('labor_min', 'bigint') }}                               as labor_min,
-        {{ asapp_cast('busy_clicks_ct', 'bigint') }}                          as busy_clicks_ct,
-        {{ asapp_cast('ute_ratio', 'varchar') }}                              as ute_ratio,
-        {{ asapp_cast('act_ratio', 'varchar') }}                              as act_ratio,
-        {{ asapp_cast('company_name', 'varchar') }}                           as company_name,
-        {{ asapp_cast('desk_mode', 'varchar') }}                              as desk_mode,
-        {{ asapp_cast('lin_utilization_level_over_min', 'bigint') }}          as lin_utilization_level_over_min,
-        {{ asapp_cast('lin_utilization_level_full_min', 'bigint') }}          as lin_utilization_level_full_min,
-        {{ asapp_cast('lin_utilization_level_light_min', 'bigint') }}         as lin_utilization_level_light_min,
-        {{ asapp_cast('workload_level_no_min', 'bigint') }}                   as workload_level_no_min,
-        {{ asapp_cast('workload_level_over_min', 'bigint') }}                 as workload_level_over_min,
-        {{ asapp_cast('workload_level_full_min', 'bigint') }}                 as workload_level_full_min,
-        {{ asapp_cast('workload_level_light_min', 'bigint') }}                as workload_level_light_min,
-        {{ asapp_cast('flex_protect_min', 'bigint') }}                        as flex_protect_min,
-        {{ asapp_cast('cum_weighted_min', 'varchar') }}                       as cum_weighted_min,
-        {{ asapp_cast('cum_weighted_seconds', 'bigint') }}                    as cum_weighted_seconds,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('update_ts', 'varchar') }} as update_ts,
+        {{ asapp_cast('export_ts', 'varchar') }} as export_ts,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('rep_name', 'varchar') }} as rep_name,
+        {{ asapp_cast('max_slots', 'integer') }} as max_slots,
+        {{ asapp_cast('cum_logged_in_min', 'bigint') }} as cum_logged_in_min,
+        {{ asapp_cast('lin_logged_in_min', 'bigint') }} as lin_logged_in_min,
+        {{ asapp_cast('cum_avail_min', 'bigint') }} as cum_avail_min,
+        {{ asapp_cast('lin_avail_min', 'bigint') }} as lin_avail_min,
+        {{ asapp_cast('cum_busy_min', 'bigint') }} as cum_busy_min,
+        {{ asapp_cast('lin_busy_min', 'bigint') }} as lin_busy_min,
+        {{ asapp_cast('cum_prebreak_min', 'bigint') }} as cum_prebreak_min,
+        {{ asapp_cast('lin_prebreak_min', 'bigint') }} as lin_prebreak_min,
+        {{ asapp_cast('cum_ute_total_min', 'bigint') }} as cum_ute_total_min,
+        {{ asapp_cast('lin_ute_total_min', 'bigint') }} as lin_ute_total_min,
+        {{ asapp_cast('cum_ute_avail_min', 'bigint') }} as cum_ute_avail_min,
+        {{ asapp_cast('lin_ute_avail_min', 'bigint') }} as lin_ute_avail_min,
+        {{ asapp_cast('cum_ute_busy_min', 'bigint') }} as cum_ute_busy_min,
+        {{ asapp_cast('lin_ute_busy_min', 'bigint') }} as lin_ute_busy_min,
+        {{ asapp_cast('cum_ute_prebreak_min', 'bigint') }} as cum_ute_prebreak_min,
+        {{ asapp_cast('lin_ute_prebreak_min', 'bigint') }} as lin_ute_prebreak_min,
+        {{ asapp_cast('labor_min', 'bigint') }} as labor_min,
+        {{ asapp_cast('busy_clicks_ct', 'bigint') }} as busy_clicks_ct,
+        {{ asapp_cast('ute_ratio', 'varchar') }} as ute_ratio,
+        {{ asapp_cast('act_ratio', 'varchar') }} as act_ratio,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('desk_mode', 'varchar') }} as desk_mode,
+        {{ asapp_cast('lin_utilization_level_over_min', 'bigint') }} as lin_utilization_level_over_min,
+        {{ asapp_cast('lin_utilization_level_full_min', 'bigint') }} as lin_utilization_level_full_min,
+        {{ asapp_cast('lin_utilization_level_light_min', 'bigint') }} as lin_utilization_level_light_min,
+        {{ asapp_cast('workload_level_no_min', 'bigint') }} as workload_level_no_min,
+        {{ asapp_cast('workload_level_over_min', 'bigint') }} as workload_level_over_min,
+        {{ asapp_cast('workload_level_full_min', 'bigint') }} as workload_level_full_min,
+        {{ asapp_cast('workload_level_light_min', 'bigint') }} as workload_level_light_min,
+        {{ asapp_cast('flex_protect_min', 'bigint') }} as flex_protect_min,
+        {{ asapp_cast('cum_weighted_min', 'varchar') }} as cum_weighted_min,
+        {{ asapp_cast('cum_weighted_seconds', 'bigint') }} as cum_weighted_seconds,
         {{ asapp_cast('cum_ute_weighted_avail_unflexed_seconds', 'bigint') }} as cum_ute_weighted_avail_unflexed_seconds,
-        {{ asapp_cast('cum_weighted_inactive_seconds', 'bigint') }}           as cum_weighted_inactive_seconds,
-        {{ asapp_cast('company_marker', 'varchar') }}                         as company_marker,
+        {{ asapp_cast('cum_weighted_inactive_seconds', 'bigint') }} as cum_weighted_inactive_seconds,
+        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
         {{ asapp_record_key(['instance_ts', 'rep_id', 'desk_mode', 'max_slots', 'company_marker']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -134,11 +149,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -14,13 +14,24 @@
         'rep_status',
         'company_name',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'reps'), columns) }}
     ) as raw_rows
 
@@ -29,17 +40,17 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('created_ts', 'timestamp') }}    as created_ts,
-        {{ asapp_cast('agent_id', 'bigint') }}         as agent_id,
-        {{ asapp_cast('crm_agent_id', 'varchar') }}    as crm_agent_id,
-        {{ asapp_cast('name', 'varchar') }}            as name,
-        {{ asapp_cast('max_slot', 'integer') }}        as max_slot,
+        {{ asapp_cast('created_ts', 'timestamp') }} as created_ts,
+        {{ asapp_cast('agent_id', 'bigint') }} as agent_id,
+        {{ asapp_cast('crm_agent_id', 'varchar') }} as crm_agent_id,
+        {{ asapp_cast('name', 'varchar') }} as name,
+        {{ asapp_cast('max_slot', 'integer') }} as max_slot,
         {{ asapp_cast('disabled_time', 'timestamp') }} as disabled_time,
-        {{ asapp_cast('agent_status', 'varchar') }}    as agent_status,
-        {{ asapp_cast('rep_id', 'varchar') }}          as rep_id,
-        {{ asapp_cast('crm_rep_id', 'varchar') }}      as crm_rep_id,
-        {{ asapp_cast('rep_status', 'varchar') }}      as rep_status,
-        {{ asapp_cast('company_name', 'varchar') }}    as company_name,
+        {{ asapp_cast('agent_status', 'varchar') }} as agent_status,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('crm_rep_id', 'varchar') }} as crm_rep_id,
+        {{ asapp_cast('rep_status', 'varchar') }} as rep_status,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_record_key(['rep_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,

@@ -22,17 +22,32 @@
         'company_id',
         'company_name',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'sms_events'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -40,18 +55,18 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('sms_flow_id', 'varchar') }}                     as sms_flow_id,
-        {{ asapp_cast('external_session_id', 'varchar') }}             as external_session_id,
-        {{ asapp_cast('message_sent_result', 'varchar') }}             as message_sent_result,
+        {{ asapp_cast('sms_flow_id', 'varchar') }} as sms_flow_id,
+        {{ asapp_cast('external_session_id', 'varchar') }} as external_session_id,
+        {{ asapp_cast('message_sent_result', 'varchar') }} as message_sent_result,
         {{ asapp_cast('message_sent_result_status_code', 'varchar') }} as message_sent_result_status_code,
-        {{ asapp_cast('message_character_count', 'integer') }}         as message_character_count,
-        {{ asapp_cast('partner_triggered_ts', 'timestamp') }}          as partner_triggered_ts,
-        {{ asapp_cast('provider_sent_ts', 'timestamp') }}              as provider_sent_ts,
-        {{ asapp_cast('provider_status_ts', 'timestamp') }}            as provider_status_ts,
-        {{ asapp_cast('company_subdivision', 'varchar') }}             as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}                as company_segments,
-        {{ asapp_cast('company_id', 'bigint') }}                       as company_id,
-        {{ asapp_cast('company_name', 'varchar') }}                    as company_name,
+        {{ asapp_cast('message_character_count', 'integer') }} as message_character_count,
+        {{ asapp_cast('partner_triggered_ts', 'timestamp') }} as partner_triggered_ts,
+        {{ asapp_cast('provider_sent_ts', 'timestamp') }} as provider_sent_ts,
+        {{ asapp_cast('provider_status_ts', 'timestamp') }} as provider_status_ts,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
         {{ asapp_record_key(['company_id', 'sms_flow_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -70,11 +85,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -37,17 +37,32 @@
         'route_code_to',
         'route_code_from',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'transfers'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -55,33 +70,33 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}                 as instance_ts,
-        {{ asapp_cast('timestamp_req', 'timestamp') }}               as timestamp_req,
-        {{ asapp_cast('timestamp_reply', 'timestamp') }}             as timestamp_reply,
-        {{ asapp_cast('conversation_id', 'bigint') }}                as conversation_id,
-        {{ asapp_cast('agent_id', 'bigint') }}                       as agent_id,
-        {{ asapp_cast('company_id', 'bigint') }}                     as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}           as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}              as company_segments,
-        {{ asapp_cast('requested_agent_transfer', 'varchar') }}      as requested_agent_transfer,
-        {{ asapp_cast('group_transfer_to', 'varchar') }}             as group_transfer_to,
-        {{ asapp_cast('group_transfer_to_name', 'varchar') }}        as group_transfer_to_name,
-        {{ asapp_cast('group_transfer_from', 'varchar') }}           as group_transfer_from,
-        {{ asapp_cast('group_transfer_from_name', 'varchar') }}      as group_transfer_from_name,
-        {{ asapp_cast('actual_agent_transfer', 'varchar') }}         as actual_agent_transfer,
-        {{ asapp_cast('accepted', 'boolean') }}                      as accepted,
-        {{ asapp_cast('is_auto_transfer', 'boolean') }}              as is_auto_transfer,
-        {{ asapp_cast('exit_transfer_event_type', 'varchar') }}      as exit_transfer_event_type,
-        {{ asapp_cast('transfer_button_clicks', 'bigint') }}         as transfer_button_clicks,
-        {{ asapp_cast('issue_id', 'bigint') }}                       as issue_id,
-        {{ asapp_cast('rep_id', 'varchar') }}                        as rep_id,
-        {{ asapp_cast('requested_rep_transfer', 'bigint') }}         as requested_rep_transfer,
-        {{ asapp_cast('actual_rep_transfer', 'bigint') }}            as actual_rep_transfer,
-        {{ asapp_cast('company_name', 'varchar') }}                  as company_name,
-        {{ asapp_cast('requested_group_transfer_id', 'bigint') }}    as requested_group_transfer_id,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('timestamp_req', 'timestamp') }} as timestamp_req,
+        {{ asapp_cast('timestamp_reply', 'timestamp') }} as timestamp_reply,
+        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
+        {{ asapp_cast('agent_id', 'bigint') }} as agent_id,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('requested_agent_transfer', 'varchar') }} as requested_agent_transfer,
+        {{ asapp_cast('group_transfer_to', 'varchar') }} as group_transfer_to,
+        {{ asapp_cast('group_transfer_to_name', 'varchar') }} as group_transfer_to_name,
+        {{ asapp_cast('group_transfer_from', 'varchar') }} as group_transfer_from,
+        {{ asapp_cast('group_transfer_from_name', 'varchar') }} as group_transfer_from_name,
+        {{ asapp_cast('actual_agent_transfer', 'varchar') }} as actual_agent_transfer,
+        {{ asapp_cast('accepted', 'boolean') }} as accepted,
+        {{ asapp_cast('is_auto_transfer', 'boolean') }} as is_auto_transfer,
+        {{ asapp_cast('exit_transfer_event_type', 'varchar') }} as exit_transfer_event_type,
+        {{ asapp_cast('transfer_button_clicks', 'bigint') }} as transfer_button_clicks,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
+        {{ asapp_cast('requested_rep_transfer', 'bigint') }} as requested_rep_transfer,
+        {{ asapp_cast('actual_rep_transfer', 'bigint') }} as actual_rep_transfer,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('requested_group_transfer_id', 'bigint') }} as requested_group_transfer_id,
         {{ asapp_cast('requested_group_transfer_name', 'varchar') }} as requested_group_transfer_name,
-        {{ asapp_cast('route_code_to', 'varchar') }}                 as route_code_to,
-        {{ asapp_cast('route_code_from', 'varchar') }}               as route_code_from,
+        {{ asapp_cast('route_code_to', 'varchar') }} as route_code_to,
+        {{ asapp_cast('route_code_from', 'varchar') }} as route_code_from,
         {{ asapp_record_key(['company_id', 'issue_id', 'rep_id', 'timestamp_req']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -100,11 +115,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

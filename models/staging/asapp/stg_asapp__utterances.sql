@@ -27,17 +27,32 @@
         'company_name',
         'event_uuid',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'utterances'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -45,23 +60,23 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }}        as instance_ts,
-        {{ asapp_cast('created_ts', 'timestamp') }}         as created_ts,
-        {{ asapp_cast('conversation_id', 'bigint') }}       as conversation_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }}  as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }}     as company_segments,
-        {{ asapp_cast('sequence_id', 'integer') }}          as sequence_id,
-        {{ asapp_cast('sender_id', 'bigint') }}             as sender_id,
-        {{ asapp_cast('sender_type', 'varchar') }}          as sender_type,
-        {{ asapp_cast('utterance_type', 'varchar') }}       as utterance_type,
-        {{ asapp_cast('sent_to_agent', 'boolean') }}        as sent_to_agent,
-        {{ asapp_cast('utterance', 'varchar') }}            as utterance,
-        {{ asapp_cast('issue_id', 'bigint') }}              as issue_id,
-        {{ asapp_cast('sent_to_rep', 'varchar') }}          as sent_to_rep,
+        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        {{ asapp_cast('created_ts', 'timestamp') }} as created_ts,
+        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
+        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
+        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
+        {{ asapp_cast('sequence_id', 'integer') }} as sequence_id,
+        {{ asapp_cast('sender_id', 'bigint') }} as sender_id,
+        {{ asapp_cast('sender_type', 'varchar') }} as sender_type,
+        {{ asapp_cast('utterance_type', 'varchar') }} as utterance_type,
+        {{ asapp_cast('sent_to_agent', 'boolean') }} as sent_to_agent,
+        {{ asapp_cast('utterance', 'varchar') }} as utterance,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('sent_to_rep', 'varchar') }} as sent_to_rep,
         {{ asapp_cast('utterance_start_ts', 'timestamp') }} as utterance_start_ts,
-        {{ asapp_cast('utterance_end_ts', 'timestamp') }}   as utterance_end_ts,
-        {{ asapp_cast('company_name', 'varchar') }}         as company_name,
-        {{ asapp_cast('event_uuid', 'varchar') }}           as event_uuid,
+        {{ asapp_cast('utterance_end_ts', 'timestamp') }} as utterance_end_ts,
+        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        {{ asapp_cast('event_uuid', 'varchar') }} as event_uuid,
         {{ asapp_record_key(['created_ts', 'issue_id', 'sender_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -80,11 +95,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

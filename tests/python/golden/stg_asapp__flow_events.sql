@@ -17,17 +17,32 @@
         'is_escalated',
         'company_marker',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'flow_events'), columns) }}
     ) as raw_rows
     {% if is_incremental() %}
-    where _asapp_loaded_at > (select coalesce(max(_asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }})) from {{ this }})
+        -- only rows loaded since the last run
+        where _asapp_loaded_at > (
+                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
+                from {{ this }} as this_model
+            )
     {% endif %}
 
 ),
@@ -35,13 +50,13 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('issue_id', 'bigint') }}             as issue_id,
-        {{ asapp_cast('flow_name', 'varchar') }}           as flow_name,
-        {{ asapp_cast('success_event_ts', 'timestamp') }}  as success_event_ts,
+        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
+        {{ asapp_cast('flow_name', 'varchar') }} as flow_name,
+        {{ asapp_cast('success_event_ts', 'timestamp') }} as success_event_ts,
         {{ asapp_cast('negation_event_ts', 'timestamp') }} as negation_event_ts,
-        {{ asapp_cast('customer_email', 'varchar') }}      as customer_email,
-        {{ asapp_cast('is_escalated', 'boolean') }}        as is_escalated,
-        {{ asapp_cast('company_marker', 'varchar') }}      as company_marker,
+        {{ asapp_cast('customer_email', 'varchar') }} as customer_email,
+        {{ asapp_cast('is_escalated', 'boolean') }} as is_escalated,
+        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
         {{ asapp_record_key(['company_marker', 'issue_id', 'flow_name']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -60,11 +75,11 @@ candidates as (
 
     select * from typed
     {% if is_incremental() %}
-    -- rows already staged for the keys that arrived, so a late older version cannot win
-    union all
-    select {{ staged_columns | join(', ') }}
-    from {{ this }}
-    where _asapp_record_key in (select _asapp_record_key from typed)
+        -- rows already staged for the keys that arrived, so a late older version cannot win
+        union all
+        select {{ staged_columns | join(', ') }}
+        from {{ this }} as this_model
+        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
 
 ),

@@ -6,13 +6,24 @@
         'rep_id',
         'score',
 ] -%}
-{%- set staged_columns = columns + ['_asapp_record_key', '_asapp_feed', '_asapp_version', '_asapp_partition_at', '_asapp_file', '_asapp_split', '_asapp_line', '_asapp_loaded_at', '_dlt_load_id'] -%}
+{%- set staged_columns = columns + [
+        '_asapp_record_key',
+        '_asapp_feed',
+        '_asapp_version',
+        '_asapp_partition_at',
+        '_asapp_file',
+        '_asapp_split',
+        '_asapp_line',
+        '_asapp_loaded_at',
+        '_dlt_load_id',
+] -%}
 
 with
 
 source as (
 
-    select * from (
+    select *
+    from (
         {{ asapp_raw_source(source('asapp', 'team_roster'), columns) }}
     ) as raw_rows
 
@@ -21,8 +32,8 @@ source as (
 typed as (
 
     select
-        {{ asapp_cast('company_id', 'bigint') }}   as company_id,
-        {{ asapp_cast('rep_id', 'varchar') }}      as rep_id,
+        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
         {{ asapp_cast('score', 'numeric(38,5)') }} as score,
         {{ asapp_record_key(['company_id', 'rep_id']) }} as _asapp_record_key,
         _asapp_feed,
