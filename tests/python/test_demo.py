@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loaders.sandbox.exports import DEMO_FEEDS
-from tests.python.helpers import Warehouse, elt, query
+from tests.python.helpers import DuckDbWarehouse, Warehouse, elt, query
 
 
 def test_demo_runs_the_whole_flow(tmp_path: Path, warehouse: Warehouse) -> None:
@@ -13,7 +13,7 @@ def test_demo_runs_the_whole_flow(tmp_path: Path, warehouse: Warehouse) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dbt build passed" in result.stdout
     assert "elt push" in result.stdout  # the curated rows were pushed to the ASAPP API emulator
-    db = tmp_path / "demo" / "asapp.duckdb"
+    db = DuckDbWarehouse(tmp_path / "demo" / "asapp.duckdb")
     for feed in DEMO_FEEDS:
         ((raw,),) = query(db, f"select count(*) from asapp_raw.{feed}")
         ((staged,),) = query(db, f"select count(*) from staging.stg_asapp__{feed}")
