@@ -83,18 +83,26 @@ def _guard(action: Callable[[], Any]) -> Any:
 
 def _print_load_summary(stats: Any) -> None:
     table = Table(title="elt load asapp")
-    for col in ("feed", "partitions loaded", "waiting for _SUCCESS", "files", "MB", "rows"):
+    columns = ("feed", "partitions loaded", "waiting for _SUCCESS", "failed", "encrypted", "files", "MB", "rows")
+    for col in columns:
         table.add_column(col, justify="left" if col == "feed" else "right")
     for feed, s in sorted(stats.feeds.items()):
         table.add_row(
             feed,
             str(s.partitions_loaded),
             str(s.partitions_waiting),
+            str(len(s.failed)),
+            str(len(s.encrypted)),
             str(s.files),
             f"{s.bytes / 1e6:.1f}",
             str(s.rows),
         )
     out.print(table)
+    for feed, s in sorted(stats.feeds.items()):
+        for failure in s.failed:
+            out.print(f"[red]failed[/] {feed} {escape(failure)} (retried by the next run)")
+        if s.encrypted:
+            out.print(f"[yellow]{feed}: {len(s.encrypted)} encrypted partition(s) skipped: no decryptor configured[/]")
     if stats.schema_changes:
         out.print(
             f"[yellow]the server's export_docs.yaml differs from the project's ({len(stats.schema_changes)} "
@@ -102,6 +110,28 @@ def _print_load_summary(stats: Any) -> None:
         )
     if stats.ignored:
         out.print(f"[yellow]{len(stats.ignored)} name(s) outside ASAPP's layout were ignored[/] (see --verbose)")
+
+
+def _load_with_progress(run: Callable[..., Any], *args: Any) -> Any:
+    """Runs a load showing partitions, files and MB per feed as they are read."""
+    from rich.progress import Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), console=console, transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def on_progress(feed: str, s: Any) -> None:
+            text = f"{feed}: {s.partitions_loaded} partitions, {s.files} files, {s.bytes / 1e6:.1f} MB, {s.rows} rows"
+            if feed not in tasks:
+                tasks[feed] = progress.add_task(text)
+            progress.update(tasks[feed], description=text)
+
+        return _guard(lambda: run(*args, on_progress=on_progress))
+
+
+def _fail_on_failed_partitions(stats: Any) -> None:
+    if any(s.failed for s in stats.feeds.values()):
+        console.print("[red]some partitions could not be loaded (see above); everything else was loaded[/]")
+        raise typer.Exit(1)
 
 
 @load_app.command("asapp")
@@ -120,8 +150,9 @@ def load_asapp(
     from loaders.pipelines import load_asapp as run
 
     feed_list = [f.strip() for f in feeds.split(",") if f.strip()] if feeds else None
-    stats = _guard(lambda: run(feed_list, since, strict))
+    stats = _load_with_progress(run, feed_list, since, strict)
     _print_load_summary(stats)
+    _fail_on_failed_partitions(stats)
 
 
 @load_app.command("apsis")
@@ -329,7 +360,8 @@ def run() -> None:
     from loaders.pipelines import load_apsis as run_apsis
     from loaders.pipelines import load_asapp as run_asapp
 
-    _print_load_summary(_guard(lambda: run_asapp(None, None)))
+    stats = _load_with_progress(run_asapp, None, None)
+    _print_load_summary(stats)
     if runtime.is_configured("sources.apsis.base_url"):
         _print_apsis_summary(_guard(lambda: run_apsis(None, None)))
     else:
@@ -337,6 +369,7 @@ def run() -> None:
     if not _guard(lambda: runtime.run_dbt(["build"])):
         console.print("[red]dbt build failed[/]")
         raise typer.Exit(1)
+    _fail_on_failed_partitions(stats)  # after the build: what did load is usable
     if runtime.is_configured("asapp_api.base_url"):
         from loaders.asapp_metadata import push as run_push
 

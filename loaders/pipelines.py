@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from loaders import runtime
 from loaders.apsis import ApsisStats, apsis
-from loaders.asapp_sftp import LoadStats, asapp_sftp
+from loaders.asapp_sftp import FeedStats, LoadStats, asapp_sftp
 from loaders.export_docs import load_export_docs
 from loaders.export_docs.diff import Change, diff, is_breaking
 from loaders.export_docs.model import ExportDocsError
@@ -60,14 +60,19 @@ def check_export_docs(stats: LoadStats, strict: bool) -> list[Change]:
     return changes
 
 
-def load_asapp(feeds: Sequence[str] | None = None, since: str | None = None, strict: bool = False) -> LoadStats:
+def load_asapp(
+    feeds: Sequence[str] | None = None,
+    since: str | None = None,
+    strict: bool = False,
+    on_progress: Callable[[str, FeedStats], None] | None = None,
+) -> LoadStats:
     """SFTP feeds -> asapp_raw.<feed>. Returns the run's counts.
 
     With strict, a server export_docs.yaml that differs from the project's stops the run before anything loads.
     """
     pipeline = runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET)
     finish_pending(pipeline)
-    stats = LoadStats()
+    stats = LoadStats(on_progress=on_progress)
     source = asapp_sftp(feeds=list(feeds) if feeds else None, since=since, stats=stats)
     stats.schema_changes = check_export_docs(stats, strict)
     info = pipeline.run(source, loader_file_format="parquet")

@@ -25,6 +25,7 @@ from dlt.sources import DltResource
 from loaders.asapp_sftp import settings
 from loaders.asapp_sftp.helpers import (
     Partition,
+    PartitionError,
     PartitionReader,
     SftpError,
     connect_sftp,
@@ -54,6 +55,8 @@ class FeedStats:
     bytes: int = 0
     rows: int = 0
     waiting: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # partitions skipped for a corrupt file (retried next run)
+    encrypted: list[str] = field(default_factory=list)  # partitions skipped: .enc and no decryptor
 
 
 @dataclass
@@ -64,6 +67,7 @@ class LoadStats:
     ignored: list[str] = field(default_factory=list)
     export_docs: Path | None = None  # the export_docs.yaml found on the server, downloaded
     schema_changes: list[Any] = field(default_factory=list)  # its differences from the project's
+    on_progress: Any = None  # called with (feed, FeedStats) after each partition
 
     def feed(self, name: str) -> FeedStats:
         return self.feeds.setdefault(name, FeedStats())
@@ -126,12 +130,32 @@ def _feed_partitions(
         reader = PartitionReader(session.sftp)
         try:
             for partition, files in listing.ready:
-                yield from _read_partition(reader, partition, files, fstats)
+                encrypted = [f.name for f in files if f.encrypted]
+                if encrypted:
+                    # never loaded as garbage; kept waiting (not recorded) until a decryptor is configured
+                    fstats.encrypted.append(partition.key)
+                    state["waiting"][partition.key] = state["waiting"].get(partition.key, now)
+                    log.warning(
+                        "%s %s: encrypted files %s need a decryptor, which is not configured: skipped",
+                        feed,
+                        partition.key,
+                        encrypted,
+                    )
+                    continue
+                try:
+                    yield from _read_partition(reader, partition, files, fstats)
+                except PartitionError as e:
+                    # nothing of it was yielded: not recorded, so the next run tries it again
+                    fstats.failed.append(f"{partition.key}: {e}")
+                    log.error("%s %s: %s; skipped, will be retried by the next run", feed, partition.key, e)
+                    continue
                 # Recorded in the same load package as the rows: both are committed, or neither.
                 state["loaded"][partition.key] = datetime.now(UTC).isoformat(timespec="seconds")
                 if state["max_dt"] is None or partition.dt > state["max_dt"]:
                     state["max_dt"] = partition.dt
                 fstats.partitions_loaded += 1
+                if stats.on_progress:
+                    stats.on_progress(feed, fstats)
         finally:
             reader.close()
         _prune(state, lookback_days)
@@ -145,9 +169,6 @@ def _read_partition(
     files: list[Any],
     fstats: FeedStats,
 ) -> Iterator[pa.RecordBatch]:
-    encrypted = [f.name for f in files if f.encrypted]
-    if encrypted:
-        raise SftpError(f"{partition.path}: encrypted files {encrypted} need a decryptor, which is not configured")
     paths = reader.download(partition, files)
     loaded_at = datetime.now(UTC)
     for batch in reader.read(partition, files, paths, loaded_at):

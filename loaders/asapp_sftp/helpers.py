@@ -24,6 +24,10 @@ class SftpError(RuntimeError):
     """A problem the user can fix (configuration, keys, server): the message says how."""
 
 
+class PartitionError(RuntimeError):
+    """One partition cannot be loaded (a corrupt file): it is skipped, reported, and retried by the next run."""
+
+
 def connect_sftp(
     host: str,
     port: int,
@@ -50,12 +54,23 @@ def connect_sftp(
     key_path = Path(private_key_path).expanduser()
     if not key_path.exists():
         raise SftpError(f"private key {key_path} does not exist (SOURCES__ASAPP_SFTP__PRIVATE_KEY_PATH)")
+    if key_path.stat().st_mode & 0o077:
+        log.warning("private key %s can be read by other users of this machine: chmod 600 %s", key_path, key_path)
     try:
-        pkey = paramiko.PKey.from_path(key_path, password=private_key_passphrase)
-    except paramiko.PasswordRequiredException as e:
-        raise SftpError(f"private key {key_path} is encrypted: set SOURCES__ASAPP_SFTP__PRIVATE_KEY_PASSPHRASE") from e
-    except paramiko.SSHException as e:
-        raise SftpError(f"cannot read private key {key_path}: {e}") from e
+        # the stubs say str, but cryptography (which decrypts OpenSSH-format keys) needs bytes
+        passphrase = private_key_passphrase.encode() if private_key_passphrase else None
+        pkey = paramiko.PKey.from_path(key_path, password=passphrase)  # type: ignore[arg-type]
+    except (paramiko.SSHException, TypeError, ValueError) as e:
+        # paramiko and cryptography say "password-protected" in several ways; none of them quotes the passphrase
+        if not private_key_passphrase:
+            raise SftpError(
+                f"private key {key_path} cannot be read without a passphrase: if it has one, set "
+                f"SOURCES__ASAPP_SFTP__PRIVATE_KEY_PASSPHRASE ({type(e).__name__})"
+            ) from None
+        raise SftpError(
+            f"private key {key_path} cannot be read with the configured passphrase: check "
+            f"SOURCES__ASAPP_SFTP__PRIVATE_KEY_PASSPHRASE ({type(e).__name__})"
+        ) from None
     try:
         client.connect(
             hostname=host,
@@ -239,6 +254,19 @@ class PartitionReader:
             paths.append(local)
         return paths
 
+    def _keys(self, f: DataFile, path: Path) -> list[str]:
+        """The file's keys in order of first appearance; parsing the whole file also proves it readable."""
+        compression = "'gzip'" if f.gzip else "'uncompressed'"
+        try:
+            rows = self.con.execute(
+                f"select k from (select unnest(json_keys(json)) as k, row_number() over () as i "
+                f"from read_ndjson_objects({_sql_str(str(path))}, compression={compression})) "
+                f"group by k order by min(i)"
+            ).fetchall()
+        except duckdb.Error as e:
+            raise PartitionError(f"{f.name}: cannot be read as JSON lines ({str(e).splitlines()[0]})") from e
+        return [row[0] for row in rows]
+
     def read(
         self,
         partition: Partition,
@@ -246,20 +274,16 @@ class PartitionReader:
         paths: list[Path],
         loaded_at: datetime,
     ) -> Iterator[pa.RecordBatch]:
-        for f, path in zip(files, paths, strict=True):
-            if path.stat().st_size == 0:
+        """The partition's rows in Arrow batches. Every file is parsed before the first batch is yielded, so a
+        corrupt or truncated file fails its whole partition (PartitionError) with nothing half-loaded."""
+        keyed = [
+            (f, path, self._keys(f, path)) for f, path in zip(files, paths, strict=True) if path.stat().st_size > 0
+        ]
+        for f, path, keys in keyed:
+            if not keys:
                 continue
             source = _sql_str(str(path))
             compression = "'gzip'" if f.gzip else "'uncompressed'"
-            keys = [
-                row[0]
-                for row in self.con.execute(
-                    f"select k from (select unnest(json_keys(json)) as k, row_number() over () as i "
-                    f"from read_ndjson_objects({source}, compression={compression})) group by k order by min(i)"
-                ).fetchall()
-            ]
-            if not keys:
-                continue
             columns = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in keys) + "}"
             lineage = (
                 f"{_sql_str(partition.feed)} as _asapp_feed, {_sql_str(partition.version)} as _asapp_version, "
@@ -274,5 +298,4 @@ class PartitionReader:
                 f"format='newline_delimited', compression={compression}, columns={columns}, "
                 f"maximum_object_size=268435456)"
             )
-            reader = self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS)
-            yield from reader
+            yield from self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS)
