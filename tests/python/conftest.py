@@ -3,10 +3,8 @@ configuration per test (own DuckDB file, dlt pipelines folder, dbt target folder
 
 from __future__ import annotations
 
-import getpass
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,100 +16,23 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from loaders.sandbox.openssh import OpenSshServer, Sshd, SshdError, free_port
 from tests.python.helpers import DuckDbWarehouse, PgWarehouse, Warehouse
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 PROJECT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
-    return path
-
-
-@dataclass(frozen=True)
-class Sshd:
-    port: int
-    username: str
-    client_key: Path
-    other_client_key: Path  # not authorized
-    known_hosts: Path
-    wrong_known_hosts: Path  # same host, another key
-    empty_known_hosts: Path
-    dir: Path
 
 
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    if not Path(SSHD).exists():
-        pytest.fail("OpenSSH sshd is not installed: run `make sysdeps` (apt-get install openssh-server)")
-    d = tmp_path_factory.mktemp("sshd")
-    host_key = _keygen(d / "ssh_host_ed25519_key")
-    other_host_key = _keygen(d / "other_host_key")
-    client_key = _keygen(d / "client_key")
-    other_client_key = _keygen(d / "other_client_key")
-    (d / "authorized_keys").write_text((d / "client_key.pub").read_text())
-    (d / "authorized_keys").chmod(0o600)
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                "ListenAddress 127.0.0.1",
-                f"HostKey {host_key}",
-                f"PidFile {d / 'sshd.pid'}",
-                f"AuthorizedKeysFile {d / 'authorized_keys'}",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "PubkeyAuthentication yes",
-                "PermitRootLogin prohibit-password",
-                "UsePAM no",
-                "StrictModes no",
-                "Subsystem sftp internal-sftp",
-                "LogLevel ERROR",
-            ]
-        )
-        + "\n"
-    )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                if s.recv(64).startswith(b"SSH-"):
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            pytest.fail(f"sshd did not start: {err}")
-        time.sleep(0.1)
-    pub = lambda key: " ".join(Path(f"{key}.pub").read_text().split()[:2])  # noqa: E731
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {pub(host_key)}\n")
-    (d / "wrong_known_hosts").write_text(f"[127.0.0.1]:{port} {pub(other_host_key)}\n")
-    (d / "empty_known_hosts").write_text("")
+    server = OpenSshServer(tmp_path_factory.mktemp("sshd"))
     try:
-        yield Sshd(
-            port,
-            getpass.getuser(),
-            client_key,
-            other_client_key,
-            d / "known_hosts",
-            d / "wrong_known_hosts",
-            d / "empty_known_hosts",
-            d,
-        )
+        endpoint = server.start()
+    except SshdError as e:
+        pytest.fail(str(e))
+    try:
+        yield endpoint
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 PG_BINS = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
@@ -150,7 +71,7 @@ def postgres_server() -> Iterator[PgServer]:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             *run_as,
@@ -230,13 +151,6 @@ def exports(tmp_path: Path, sshd: Sshd, warehouse: Warehouse, monkeypatch: pytes
     """An empty export tree served by the sshd, with the asapp_sftp source configured for it."""
     root = tmp_path / "exports"
     root.mkdir()
-    for key, value in {
-        "HOST": "127.0.0.1",
-        "PORT": str(sshd.port),
-        "USERNAME": sshd.username,
-        "PRIVATE_KEY_PATH": str(sshd.client_key),
-        "KNOWN_HOSTS_PATH": str(sshd.known_hosts),
-        "BASE_PATH": str(root),
-    }.items():
-        monkeypatch.setenv(f"SOURCES__ASAPP_SFTP__{key}", value)
+    for key, value in sshd.env(root).items():
+        monkeypatch.setenv(key, value)
     return root

@@ -12,7 +12,7 @@ import pytest
 
 from loaders.pipelines import load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
-from tests.python.conftest import Sshd
+from loaders.sandbox.openssh import Sshd
 from tests.python.helpers import Warehouse, elt, query, scalar
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
