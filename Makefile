@@ -26,10 +26,14 @@ test: venv sysdeps
 	$(BIN)/python -m pytest
 
 lint: venv
-	$(BIN)/ruff check loaders tests
-	$(BIN)/ruff format --check loaders tests
+	$(BIN)/ruff check loaders tests bench
+	$(BIN)/ruff format --check loaders tests bench
 	$(BIN)/mypy
 	$(BIN)/sqlfluff lint models --disable-progress-bar
+
+## The benchmark harness (not a test): bench/results/results.md and results.png. BENCH_ARGS="--size-mb 200" to size it.
+bench: venv sysdeps
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 generate-check: venv
 	$(BIN)/elt generate --check

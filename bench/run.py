@@ -1,0 +1,385 @@
+"""`make bench`: the loaders measured side by side with the physical limit, on a generated export tree served by
+a real OpenSSH sshd on 127.0.0.1. Writes bench/results/results.md, results.json and results.png.
+
+    .venv/bin/python -m bench.run [--size-mb 1000] [--repeat 3] [--history-days 90] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from bench.measure import Run, run
+from bench.trees import START, TreeInfo, history_tree, line, sized_tree
+from loaders.sandbox.openssh import OpenSshServer, Sshd
+
+PROJECT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+ELT = str(Path(PY).parent / "elt")
+
+
+@dataclass
+class Row:
+    name: str
+    seconds: float
+    peak_rss_mb: float | None = None
+    mb_per_s: float | None = None
+    rows_per_s: float | None = None
+    vs_limit: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Report:
+    params: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    checks: list[tuple[str, str, bool]] = field(default_factory=list)  # target, measured, met
+
+
+def median_run(runs: list[Run]) -> Run:
+    runs = sorted(runs, key=lambda r: r.seconds)
+    return runs[len(runs) // 2]
+
+
+def limit_path(sshd: Sshd, tree: TreeInfo, work: Path) -> tuple[float, float]:
+    """OpenSSH sftp download of the tree, then DuckDB read_json of every file: (download s, read s)."""
+    local = work / "limit"
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
+    batch = work / "sftp.batch"
+    batch.write_text(f"get -r {tree.root} {local}\n")
+    download = run(
+        [
+            "sftp",
+            "-q",
+            "-b",
+            str(batch),
+            "-i",
+            str(sshd.client_key),
+            "-P",
+            str(sshd.port),
+            "-o",
+            f"UserKnownHostsFile={sshd.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            f"{sshd.username}@127.0.0.1",
+        ]
+    )
+    files = [str(p) for p in local.rglob("*.jsonl*")]
+    db = work / "limit.duckdb"
+    db.unlink(missing_ok=True)
+    started = time.monotonic()
+    with duckdb.connect(str(db)) as con:
+        con.execute(
+            "create table t as select * from read_json(?, format='newline_delimited', union_by_name=true)", [files]
+        )
+    return download.seconds, time.monotonic() - started
+
+
+def elt_env(sshd: Sshd, root: Path, work: Path, name: str) -> dict[str, str]:
+    shutil.rmtree(work / name, ignore_errors=True)
+    return {
+        **sshd.env(root),
+        "ELT_DUCKDB_PATH": str(work / name / "asapp.duckdb"),
+        "ELT_PIPELINES_DIR": str(work / name / "pipelines"),
+        "DBT_TARGET_PATH": str(work / name / "target"),
+        "DBT_LOG_PATH": str(work / name / "logs"),
+        "ELT_TARGET": "duckdb",
+    }
+
+
+def dbt_model_seconds(target: Path) -> float:
+    results = json.loads((target / "run_results.json").read_text())["results"]
+    return sum(r["execution_time"] for r in results if r["unique_id"].startswith("model."))
+
+
+def main(argv: list[str] | None = None) -> Report:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=float, default=1000.0, help="uncompressed size of the export tree")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--history-days", type=int, default=90)
+    ap.add_argument("--naive-rows", type=int, default=20_000, help="sample size of the naive dict path")
+    ap.add_argument("--apsis-profiles", type=int, default=0, help="large APSIS export (default: from --size-mb)")
+    ap.add_argument("--push-rows", type=int, default=20_000)
+    ap.add_argument("--out", type=Path, default=PROJECT / "bench" / "results")
+    ap.add_argument("--work", type=Path, default=PROJECT / "bench" / "work")
+    args = ap.parse_args(argv)
+    work: Path = args.work.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    report = Report(params={k: str(v) for k, v in vars(args).items()})
+    log = lambda msg: print(f"[bench] {msg}", flush=True)  # noqa: E731
+
+    log(f"generating a {args.size_mb:.0f} MB export tree")
+    tree = sized_tree(work / "tree", args.size_mb)
+    mb = tree.bytes_uncompressed / 1e6
+    server = OpenSshServer(work / "sshd")
+    sshd = server.start()
+    try:
+        # (a) the limit
+        limits = []
+        for i in range(args.repeat):
+            log(f"limit: OpenSSH sftp + DuckDB read_json ({i + 1}/{args.repeat})")
+            limits.append(limit_path(sshd, tree, work))
+        download_s = statistics.median(d for d, _ in limits)
+        read_s = statistics.median(r for _, r in limits)
+        limit_s = download_s + read_s
+        report.rows.append(Row("OpenSSH sftp download", download_s, None, mb / download_s))
+        report.rows.append(Row("DuckDB read_json of the files", read_s, None, mb / read_s, tree.rows / read_s))
+        report.rows.append(Row("limit: download + read", limit_s, None, mb / limit_s, tree.rows / limit_s, 1.0))
+
+        # (b) elt load asapp
+        runs = []
+        for i in range(args.repeat):
+            log(f"elt load asapp ({i + 1}/{args.repeat})")
+            runs.append(run([ELT, "load", "asapp"], elt_env(sshd, tree.root, work, "elt"), cwd=PROJECT))
+        elt_run = median_run(runs)
+        report.rows.append(
+            Row(
+                "elt load asapp",
+                elt_run.seconds,
+                elt_run.peak_rss / 1e6,
+                mb / elt_run.seconds,
+                tree.rows / elt_run.seconds,
+                elt_run.seconds / limit_s,
+            )
+        )
+        report.checks.append(
+            (
+                "elt load asapp within 1.5x of the limit",
+                f"{elt_run.seconds / limit_s:.2f}x",
+                elt_run.seconds <= 1.5 * limit_s,
+            )
+        )
+        report.checks.append(("peak RSS under 1 GB", f"{elt_run.peak_rss / 1e6:.0f} MB", elt_run.peak_rss < 1e9))
+
+        # (c) the naive dict path, on a sample
+        plain = next(f for f in tree.files if f.suffix == ".jsonl" and "utterances" in str(f))
+        sample = min(args.naive_rows, sum(1 for _ in plain.open()))
+        log(f"naive dlt dict path on a sample of {sample} rows")
+        naive = run(
+            [
+                PY,
+                "-m",
+                "bench.naive",
+                "127.0.0.1",
+                str(sshd.port),
+                sshd.username,
+                str(sshd.client_key),
+                str(sshd.known_hosts),
+                str(plain),
+                str(sample),
+                str(work / "naive" / "naive.duckdb"),
+            ],
+            cwd=PROJECT,
+        )
+        extrapolated = naive.seconds * tree.rows / sample
+        report.rows.append(
+            Row(
+                "naive dlt dicts (extrapolated from a sample)",
+                extrapolated,
+                naive.peak_rss / 1e6,
+                mb / extrapolated,
+                tree.rows / extrapolated,
+                extrapolated / limit_s,
+                f"{sample} rows measured in {naive.seconds:.1f} s, scaled to {tree.rows} rows",
+            )
+        )
+
+        # dbt: incremental over 1% new data against a full refresh
+        env = elt_env(sshd, tree.root, work, "elt")
+        run([ELT, "load", "asapp", "--feeds", "utterances"], env, cwd=PROJECT)
+        log("dbt full refresh of stg_asapp__utterances")
+        full = run([ELT, "build", "--select", "stg_asapp__utterances", "--full-refresh"], env, cwd=PROJECT)
+        full_model = dbt_model_seconds(Path(env["DBT_TARGET_PATH"]))
+        new_rows = max(1, tree.rows // len(("u", "m", "i")) // 100)
+        at = START + timedelta(days=1)
+        d = tree.root / "utterances" / "version=1" / "format=jsonl" / f"dt={at:%Y-%m-%d}" / "hr=00" / "mi=00"
+        d.mkdir(parents=True)
+        (d / "utterances.jsonl").write_text("".join(line("utterances", 10**9 + k, at) for k in range(new_rows)))
+        (d / "_SUCCESS").write_bytes(b"")
+        run([ELT, "load", "asapp", "--feeds", "utterances"], env, cwd=PROJECT)
+        log("dbt incremental run over 1% new rows")
+        incr = run([ELT, "build", "--select", "stg_asapp__utterances"], env, cwd=PROJECT)
+        incr_model = dbt_model_seconds(Path(env["DBT_TARGET_PATH"]))
+        report.rows.append(
+            Row(
+                "dbt full refresh (model time)",
+                full_model,
+                full.peak_rss / 1e6,
+                note=f"wall {full.seconds:.1f} s with dbt start-up",
+            )
+        )
+        report.rows.append(
+            Row(
+                "dbt incremental, 1% new (model time)",
+                incr_model,
+                incr.peak_rss / 1e6,
+                note=f"wall {incr.seconds:.1f} s with dbt start-up",
+            )
+        )
+        report.checks.append(
+            (
+                "dbt incremental under 15% of a full refresh",
+                f"{incr_model / full_model:.0%}",
+                incr_model <= 0.15 * full_model,
+            )
+        )
+
+        # listing cost after a long history
+        log(f"history: {args.history_days} days of hourly partitions")
+        partitions = history_tree(work / "history", args.history_days)
+        henv = elt_env(sshd, work / "history", work, "history")
+        first = run([ELT, "load", "asapp"], henv, cwd=PROJECT)
+        nothing = median_run([run([ELT, "load", "asapp"], henv, cwd=PROJECT) for _ in range(args.repeat)])
+        report.rows.append(
+            Row(
+                f"first load of {partitions} historical partitions",
+                first.seconds,
+                first.peak_rss / 1e6,
+                note=f"{partitions / first.seconds:.0f} partitions/s",
+            )
+        )
+        report.rows.append(
+            Row(
+                "run with nothing new after that history",
+                nothing.seconds,
+                nothing.peak_rss / 1e6,
+                note="includes the elt process start-up",
+            )
+        )
+        report.checks.append(
+            ("nothing-new run under 5 s with the history", f"{nothing.seconds:.1f} s", nothing.seconds < 5)
+        )
+    finally:
+        server.stop()
+
+    # APSIS parse: small and large exports
+    from loaders.sandbox.apsis_emulator import ApsisState, write_export
+
+    peaks = {}
+    for label, profiles in (("small", 700), ("large", args.apsis_profiles or max(1_000, int(args.size_mb * 210)))):
+        state = ApsisState("c", "s", work, profiles=profiles, events_per_profile=24)
+        path = work / f"apsis-{label}.json"
+        log(f"APSIS export ({label}, {profiles} profiles)")
+        write_export(
+            path,
+            {
+                "attributes": ["email", "phone", "customer_id", "city"],
+                "tags": ["vip"],
+                "events": ["email_opened", "purchase"],
+                "start_at": "2026-11-01T00:00:00Z",
+                "end_at": "2026-11-08T00:00:00Z",
+            },
+            state,
+        )
+        parsed = run([PY, "-m", "bench.apsis_parse", str(path)], cwd=PROJECT)
+        size = path.stat().st_size / 1e6
+        peaks[label] = parsed.peak_rss
+        report.rows.append(
+            Row(
+                f"APSIS parse, {size:.0f} MB export",
+                parsed.seconds,
+                parsed.peak_rss / 1e6,
+                size / parsed.seconds,
+                int(parsed.stdout.strip()) / parsed.seconds,
+            )
+        )
+        path.unlink()
+    report.checks.append(
+        (
+            "APSIS parse RSS flat (within 100 MB) small vs large",
+            f"{(peaks['large'] - peaks['small']) / 1e6:+.0f} MB",
+            peaks["large"] - peaks["small"] < 100e6,
+        )
+    )
+
+    # push throughput against the emulator
+    from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
+
+    pdb = work / "push" / "asapp.duckdb"
+    pdb.parent.mkdir(parents=True)
+    with duckdb.connect(str(pdb)) as con:
+        con.execute("create schema marts")
+        con.execute(f"""create table marts.customer_metadata as select 'conv-' || i as external_conversation_id,
+            'c' || i as external_customer_id, 'known' as status, '+1555' || i as phone_number,
+            'c' || i || '@example.com' as email_address, 'user' || i as user_id, 'SE' as address_country,
+            null::varchar as address_state, '11122' as address_zipcode from range({args.push_rows}) t(i)""")
+        con.execute("""create table marts.customer_metadata_attributes (external_conversation_id varchar,
+            external_customer_id varchar, attribute_name varchar, attribute_value varchar, attribute_rank bigint)""")
+    with AsappApiEmulator() as api:
+        log(f"push of {args.push_rows} rows")
+        penv = {**api.env(), "ELT_DUCKDB_PATH": str(pdb), "ELT_PIPELINES_DIR": str(pdb.parent / "pipelines")}
+        pushed = run([ELT, "push"], penv, cwd=PROJECT)
+        times = [t for t, _, _ in api.state.received]
+        span = (times[-1] - times[0]) if len(times) > 1 else pushed.seconds
+        rate = (len(times) - 1) / span if len(times) > 1 and span > 0 else float("nan")
+    report.rows.append(
+        Row(
+            f"push, {args.push_rows} rows in {len(times)} batches",
+            pushed.seconds,
+            pushed.peak_rss / 1e6,
+            rows_per_s=args.push_rows / pushed.seconds,
+            note=f"{rate:.1f} requests/s while sending (emulator validates each batch)",
+        )
+    )
+    report.checks.append(("push at >= 90% of 100 requests/s with full batches", f"{rate:.1f} requests/s", rate >= 90))
+    write(report, args.out)
+    return report
+
+
+def write(report: Report, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
+    lines = [
+        "# asapp-elt benchmark",
+        "",
+        f"Parameters: {', '.join(f'{k}={v}' for k, v in report.params.items() if k not in ('out', 'work'))}. "
+        "Loopback, this machine; medians of the repeats.",
+        "",
+        "| path | seconds | MB/s | rows/s | peak RSS MB | vs limit | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in report.rows:
+        lines.append(
+            f"| {r.name} | {r.seconds:.2f} | {fmt(r.mb_per_s, '.1f')} | {fmt(r.rows_per_s, ',.0f')} | "
+            f"{fmt(r.peak_rss_mb, '.0f')} | {fmt(r.vs_limit, '.2f')} | {r.note} |"
+        )
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in report.checks]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(
+        json.dumps(
+            {"params": report.params, "rows": [asdict(r) for r in report.rows], "checks": report.checks}, indent=2
+        )
+    )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loads = [r for r in report.rows if r.vs_limit is not None]
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    ax.barh([r.name for r in loads], [r.vs_limit or 0 for r in loads], color=["#4c72b0"] * len(loads))
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.axvline(1.5, color="red", linestyle="--", linewidth=1, label="target 1.5x")
+    ax.set_xscale("log")
+    ax.set_xlabel("time relative to the limit (OpenSSH sftp + DuckDB read_json), log scale")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "results.png", dpi=110)
+    print((out / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""A smoke run of the benchmark harness at tiny sizes, so it keeps working (benchmarks are not tests: nothing
+here is timed; `make bench` measures)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.run import main
+
+
+@pytest.mark.slow
+def test_harness_runs_and_writes_its_report(tmp_path: Path, warehouse: object) -> None:
+    report = main(
+        [
+            "--size-mb",
+            "3",
+            "--repeat",
+            "1",
+            "--history-days",
+            "2",
+            "--naive-rows",
+            "200",
+            "--apsis-profiles",
+            "800",
+            "--push-rows",
+            "1200",
+            "--out",
+            str(tmp_path / "out"),
+            "--work",
+            str(tmp_path / "work"),
+        ]
+    )
+    names = [r.name for r in report.rows]
+    for expected in (
+        "limit: download + read",
+        "elt load asapp",
+        "naive dlt dicts (extrapolated from a sample)",
+        "run with nothing new after that history",
+        "dbt incremental, 1% new (model time)",
+    ):
+        assert expected in names
+    assert all(r.seconds > 0 for r in report.rows)
+    assert len(report.checks) == 6
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| elt load asapp |" in md and "| target | measured | met |" in md
+    assert (tmp_path / "out" / "results.png").stat().st_size > 5_000
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(data["rows"]) == len(report.rows)
