@@ -127,8 +127,9 @@ def _feed_partitions(
         fstats.waiting = [p.key for p in listing.waiting]
         for p in listing.waiting:
             log.info("%s %s: no _SUCCESS yet, will be loaded by a later run", feed, p.key)
-        reader = PartitionReader(session.sftp)
+        reader = PartitionReader(session.client)
         try:
+            readable = []
             for partition, files in listing.ready:
                 encrypted = [f.name for f in files if f.encrypted]
                 if encrypted:
@@ -141,9 +142,11 @@ def _feed_partitions(
                         partition.key,
                         encrypted,
                     )
-                    continue
+                else:
+                    readable.append((partition, files))
+            for partition, files, paths in reader.downloaded(readable):
                 try:
-                    yield from _read_partition(reader, partition, files, fstats)
+                    yield from _read_partition(reader, partition, files, paths, fstats)
                 except PartitionError as e:
                     # nothing of it was yielded: not recorded, so the next run tries it again
                     fstats.failed.append(f"{partition.key}: {e}")
@@ -167,9 +170,9 @@ def _read_partition(
     reader: PartitionReader,
     partition: Partition,
     files: list[Any],
+    paths: list[Path],
     fstats: FeedStats,
 ) -> Iterator[pa.RecordBatch]:
-    paths = reader.download(partition, files)
     loaded_at = datetime.now(UTC)
     for batch in reader.read(partition, files, paths, loaded_at):
         fstats.rows += batch.num_rows

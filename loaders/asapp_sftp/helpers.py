@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
@@ -72,7 +75,12 @@ def connect_sftp(
             f"SOURCES__ASAPP_SFTP__PRIVATE_KEY_PASSPHRASE ({type(e).__name__})"
         ) from None
     try:
+        # paramiko leaves Nagle's algorithm on: every file's last request then waits for a delayed ACK
+        # (~40 ms). With many partition files that made downloads 4x slower than OpenSSH's client.
+        sock = socket.create_connection((host, port), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.connect(
+            sock=sock,
             hostname=host,
             port=port,
             username=username,
@@ -232,19 +240,22 @@ class PartitionReader:
     Typing happens in staging from export_docs.yaml, so a value whose type drifts is never lost or rejected.
     """
 
-    def __init__(self, sftp: paramiko.SFTPClient, workdir: Path | None = None) -> None:
-        self.sftp = sftp
+    def __init__(self, client: paramiko.SSHClient, workdir: Path | None = None) -> None:
+        # Downloads run on their own SFTP channel in a background thread, one partition ahead of the parse.
+        self.sftp = client.open_sftp()
         self.workdir = Path(tempfile.mkdtemp(prefix="asapp-sftp-", dir=workdir))
         self.con = duckdb.connect()
         self.con.execute("set preserve_insertion_order = true")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftp-download")
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self.sftp.close()
         self.con.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def download(self, partition: Partition, files: list[DataFile]) -> list[Path]:
-        local_dir = self.workdir / "partition"
-        shutil.rmtree(local_dir, ignore_errors=True)
+    def _download(self, n: int, partition: Partition, files: list[DataFile]) -> list[Path]:
+        local_dir = self.workdir / f"p{n}"
         local_dir.mkdir()
         paths = []
         for f in files:
@@ -253,6 +264,31 @@ class PartitionReader:
             self.sftp.get(f"{partition.path}/{f.name}", str(local))
             paths.append(local)
         return paths
+
+    def downloaded(
+        self, partitions: list[tuple[Partition, list[DataFile]]]
+    ) -> Iterator[tuple[Partition, list[DataFile], list[Path]]]:
+        """Each partition with its files on local disk; the next one downloads while the caller reads this one.
+        A partition's files are deleted once the caller moves on."""
+        pending: deque[tuple[Partition, list[DataFile], Future[list[Path]]]] = deque()
+        queue = iter(enumerate(partitions))
+
+        def submit() -> None:
+            item = next(queue, None)
+            if item is not None:
+                n, (partition, files) = item
+                pending.append((partition, files, self._pool.submit(self._download, n, partition, files)))
+
+        submit()
+        while pending:
+            partition, files, future = pending.popleft()
+            submit()
+            paths = future.result()
+            try:
+                yield partition, files, paths
+            finally:
+                if paths:
+                    shutil.rmtree(paths[0].parent, ignore_errors=True)
 
     def _keys(self, f: DataFile, path: Path) -> list[str]:
         """The file's keys in order of first appearance; parsing the whole file also proves it readable."""
