@@ -21,7 +21,7 @@ from typing import Any
 
 import pendulum
 
-from loaders.sandbox.http_server import JsonHandler, LocalServer
+from loaders.sandbox.http_server import Emulator, JsonHandler, LocalServer
 
 SECTION = "com.apsis1.sections.main"
 ATTRIBUTES = [
@@ -265,19 +265,13 @@ def make_handler(state: ApsisState) -> type[JsonHandler]:
     return Handler
 
 
-class ApsisEmulator:
+class ApsisEmulator(Emulator):
     def __init__(
         self, workdir: Path, client_id: str = "sandbox-client", client_secret: str | None = None, **options: Any
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.state = ApsisState(client_id, client_secret or secrets.token_urlsafe(16), workdir, **options)
         self.server = LocalServer(make_handler(self.state))
-
-    def start(self) -> str:
-        return self.server.start()
-
-    def stop(self) -> None:
-        self.server.stop()
 
     def env(self) -> dict[str, str]:
         """The dlt configuration of the apsis source for this emulator."""
@@ -286,13 +280,6 @@ class ApsisEmulator:
             "SOURCES__APSIS__CLIENT_ID": self.state.client_id,
             "SOURCES__APSIS__CLIENT_SECRET": self.state.client_secret,
         }
-
-    def __enter__(self) -> ApsisEmulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 __all__ = ["ApsisEmulator", "ApsisState", "write_export"]

@@ -21,7 +21,7 @@ from openapi_core.contrib.requests import RequestsOpenAPIRequest
 
 from loaders.asapp_metadata.helpers import spec
 from loaders.asapp_metadata.settings import ENDPOINT
-from loaders.sandbox.http_server import JsonHandler, LocalServer
+from loaders.sandbox.http_server import Emulator, JsonHandler, LocalServer
 
 
 @dataclass
@@ -96,16 +96,10 @@ def make_handler(state: ApiState) -> type[JsonHandler]:
     return Handler
 
 
-class AsappApiEmulator:
+class AsappApiEmulator(Emulator):
     def __init__(self, api_id: str = "sandbox-api-id", api_secret: str | None = None, **options: Any) -> None:
         self.state = ApiState(api_id, api_secret or uuid.uuid4().hex, **options)
         self.server = LocalServer(make_handler(self.state))
-
-    def start(self) -> str:
-        return self.server.start()
-
-    def stop(self) -> None:
-        self.server.stop()
 
     def env(self) -> dict[str, str]:
         return {
@@ -113,10 +107,3 @@ class AsappApiEmulator:
             "ASAPP_API__API_ID": self.state.api_id,
             "ASAPP_API__API_SECRET": self.state.api_secret,
         }
-
-    def __enter__(self) -> AsappApiEmulator:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

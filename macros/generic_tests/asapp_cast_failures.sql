@@ -4,17 +4,7 @@
     `columns` maps column name to canonical type. A raw table that does not exist yet has no failures.
 -#}
 {% test asapp_cast_failures(model, columns) %}
-    {%- set existing = [] -%}
-    {%- set found = namespace(relation=none) -%}
-    {%- if execute -%}
-        {%- set found.relation = adapter.get_relation(
-            database=model.database, schema=model.schema, identifier=model.identifier) -%}
-        {%- if found.relation is not none -%}
-            {%- for c in adapter.get_columns_in_relation(found.relation) -%}
-                {%- do existing.append(c.name | lower) -%}
-            {%- endfor -%}
-        {%- endif -%}
-    {%- endif -%}
+    {%- set found, existing = asapp_existing_columns(model) -%}
     {%- set checked = [] -%}
     {%- for name, type in columns.items() if name in existing and type != 'varchar' -%}
         {%- do checked.append((name, type)) -%}
@@ -22,7 +12,7 @@
     {%- if checked -%}
         {%- for name, type in checked %}
     select '{{ name }}' as column_name, count(*) as failures
-    from {{ found.relation }}
+    from {{ found }}
     where {{ adapter.quote(name) }} is not null
         and trim(cast({{ adapter.quote(name) }} as {{ dbt.type_string() }})) <> ''
         and {{ asapp_cast(adapter.quote(name), type) }} is null
