@@ -83,7 +83,17 @@ def _guard(action: Callable[[], Any]) -> Any:
 
 def _print_load_summary(stats: Any) -> None:
     table = Table(title="elt load asapp")
-    columns = ("feed", "partitions loaded", "waiting for _SUCCESS", "failed", "encrypted", "files", "MB", "rows")
+    columns = (
+        "feed",
+        "partitions loaded",
+        "waiting for _SUCCESS",
+        "failed",
+        "encrypted",
+        "files",
+        "MB",
+        "rows",
+        "rejected lines",
+    )
     for col in columns:
         table.add_column(col, justify="left" if col == "feed" else "right")
     for feed, s in sorted(stats.feeds.items()):
@@ -112,7 +122,7 @@ def _print_load_summary(stats: Any) -> None:
         out.print(f"[yellow]{len(stats.ignored)} name(s) outside ASAPP's layout were ignored[/] (see --verbose)")
 
 
-def _load_with_progress(run: Callable[..., Any], *args: Any) -> Any:
+def _load_with_progress(run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Runs a load showing partitions, files and MB per feed as they are read."""
     from rich.progress import Progress, TextColumn
 
@@ -125,7 +135,7 @@ def _load_with_progress(run: Callable[..., Any], *args: Any) -> Any:
                 tasks[feed] = progress.add_task(text)
             progress.update(tasks[feed], description=text)
 
-        return _guard(lambda: run(*args, on_progress=on_progress))
+        return _guard(lambda: run(*args, on_progress=on_progress, **kwargs))
 
 
 def _fail_on_failed_partitions(stats: Any) -> None:
@@ -141,6 +151,10 @@ def load_asapp(
     strict: Annotated[
         bool, typer.Option("--strict", help="Fail, before loading, when the server's export_docs.yaml differs.")
     ] = False,
+    max_bad_lines: Annotated[
+        int | None,
+        typer.Option(help="Bad lines a partition may have (they go to asapp_raw._rejects); more fail it. Default 10."),
+    ] = None,
 ) -> None:
     """SFTP feeds -> raw tables in schema asapp_raw (one per feed), incrementally, exactly once.
 
@@ -150,7 +164,7 @@ def load_asapp(
     from loaders.pipelines import load_asapp as run
 
     feed_list = [f.strip() for f in feeds.split(",") if f.strip()] if feeds else None
-    stats = _load_with_progress(run, feed_list, since, strict)
+    stats = _load_with_progress(run, feed_list, since, strict, max_bad_lines=max_bad_lines)
     _print_load_summary(stats)
     _fail_on_failed_partitions(stats)
 

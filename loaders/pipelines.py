@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from loaders import runtime
 from loaders.apsis import ApsisStats, apsis
@@ -65,6 +66,7 @@ def load_asapp(
     since: str | None = None,
     strict: bool = False,
     on_progress: Callable[[str, FeedStats], None] | None = None,
+    max_bad_lines: int | None = None,
 ) -> LoadStats:
     """SFTP feeds -> asapp_raw.<feed>. Returns the run's counts.
 
@@ -73,7 +75,10 @@ def load_asapp(
     pipeline = runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET)
     finish_pending(pipeline)
     stats = LoadStats(on_progress=on_progress)
-    source = asapp_sftp(feeds=list(feeds) if feeds else None, since=since, stats=stats)
+    options: dict[str, Any] = {"feeds": list(feeds) if feeds else None, "since": since, "stats": stats}
+    if max_bad_lines is not None:  # else the configured (or default) value
+        options["max_bad_lines"] = max_bad_lines
+    source = asapp_sftp(**options)
     stats.schema_changes = check_export_docs(stats, strict)
     info = pipeline.run(source, loader_file_format="parquet")
     log.info("%s", info)
@@ -115,7 +120,8 @@ def asapp_status() -> list[FeedStatus]:
     docs = load_export_docs(runtime.project_dir() / "export_docs.yaml")
     pipeline = runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET)
     state = pipeline.state.get("sources", {}).get("asapp_sftp", {}).get("feeds", {})
-    loaded = {t["name"] for t in pipeline.default_schema.data_tables()} if pipeline.default_schema_name else set()
+    tables = pipeline.default_schema.data_tables() if pipeline.default_schema_name else []
+    loaded = {t["name"] for t in tables if not t["name"].startswith("_")}  # not _rejects
     now = datetime.now(UTC).replace(tzinfo=None)
     result = []
     with pipeline.sql_client() as client:

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import dlt
-import pyarrow as pa
 from dlt.common.schema.typing import TColumnSchema
 from dlt.common.typing import TSecretStrValue
 from dlt.sources import DltResource
@@ -34,6 +33,16 @@ from loaders.asapp_sftp.helpers import (
 )
 
 log = logging.getLogger(__name__)
+
+REJECT_HINTS: dict[str, TColumnSchema] = {
+    "feed": {"data_type": "text"},
+    "partition": {"data_type": "text"},
+    "file": {"data_type": "text"},
+    "line": {"data_type": "bigint"},
+    "error": {"data_type": "text"},
+    "raw_text": {"data_type": "text"},
+    "rejected_at": {"data_type": "timestamp", "timezone": False},
+}
 
 # Lineage timestamps are UTC without a zone, like the export's own timestamps once staged.
 LINEAGE_HINTS: dict[str, TColumnSchema] = {
@@ -55,6 +64,7 @@ class FeedStats:
     bytes: int = 0
     rows: int = 0
     waiting: list[str] = field(default_factory=list)
+    rejected: int = 0  # bad lines sent to asapp_raw._rejects (lines read = rows + rejected)
     failed: list[str] = field(default_factory=list)  # partitions skipped for a corrupt file (retried next run)
     encrypted: list[str] = field(default_factory=list)  # partitions skipped: .enc and no decryptor
 
@@ -110,8 +120,9 @@ def _feed_partitions(
     feed: str,
     since: date | None,
     lookback_days: int,
+    max_bad_lines: int,
     stats: LoadStats,
-) -> Iterator[pa.RecordBatch]:
+) -> Iterator[Any]:
     try:
         state = _feed_state(feed)
         start = _listing_start(state, since, lookback_days)
@@ -146,7 +157,7 @@ def _feed_partitions(
                     readable.append((partition, files))
             for partition, files, paths in reader.downloaded(readable):
                 try:
-                    yield from _read_partition(reader, partition, files, paths, fstats)
+                    yield from _read_partition(reader, partition, files, paths, fstats, max_bad_lines)
                 except PartitionError as e:
                     # nothing of it was yielded: not recorded, so the next run tries it again
                     fstats.failed.append(f"{partition.key}: {e}")
@@ -172,11 +183,32 @@ def _read_partition(
     files: list[Any],
     paths: list[Path],
     fstats: FeedStats,
-) -> Iterator[pa.RecordBatch]:
+    max_bad_lines: int,
+) -> Iterator[Any]:
+    prepared = reader.prepare(files, paths, max_bad_lines)  # raises PartitionError before anything is yielded
     loaded_at = datetime.now(UTC)
-    for batch in reader.read(partition, files, paths, loaded_at):
+    for batch in reader.read(partition, prepared, loaded_at):
         fstats.rows += batch.num_rows
         yield batch
+    if prepared.rejects:
+        fstats.rejected += len(prepared.rejects)
+        for r in prepared.rejects:
+            log.warning("%s %s: %s line %d rejected: %s", partition.feed, partition.key, r.file, r.line, r.error)
+        yield dlt.mark.with_hints(
+            [
+                {
+                    "feed": partition.feed,
+                    "partition": partition.key,
+                    "file": r.file,
+                    "line": r.line,
+                    "error": r.error,
+                    "raw_text": r.raw,
+                    "rejected_at": loaded_at,
+                }
+                for r in prepared.rejects
+            ],
+            dlt.mark.make_hints(table_name=settings.REJECTS_TABLE, columns=REJECT_HINTS),
+        )
     fstats.files += len(files)
     fstats.bytes += sum(f.size for f in files)
     log.info("%s %s: %d file(s) read", partition.feed, partition.key, len(files))
@@ -203,6 +235,7 @@ def asapp_sftp(
     since: str | None = None,
     lookback_days: int = settings.DEFAULT_LOOKBACK_DAYS,
     accept_unknown_host: bool = False,
+    max_bad_lines: int = settings.DEFAULT_MAX_BAD_LINES,
     stats: Any = None,
 ) -> list[DltResource]:
     """ASAPP Messaging feeds on SFTP, one append-only raw table per feed.
@@ -216,6 +249,7 @@ def asapp_sftp(
         since: ignore partitions with dt before this date (YYYY-MM-DD).
         lookback_days: how many days before the last loaded dt are listed again for late partitions.
         accept_unknown_host: trust an unknown host key (never by default).
+        max_bad_lines: bad lines a partition may have (they go to asapp_raw._rejects); more fail the partition.
         stats: a LoadStats to fill with the run's counts.
     """
     since_date = date.fromisoformat(since) if since else None
@@ -251,7 +285,7 @@ def asapp_sftp(
         session.release()
     return [
         dlt.resource(
-            _feed_partitions(session, base_path, feed, since_date, lookback_days, run_stats),
+            _feed_partitions(session, base_path, feed, since_date, lookback_days, max_bad_lines, run_stats),
             name=feed,
             table_name=feed,
             write_disposition="append",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import os
 import shutil
 import socket
 import tempfile
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -233,6 +236,24 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+NOT_AN_OBJECT = "__asapp_not_a_json_object__"  # reported by the first pass for a line that is not an object
+REJECT_MARK = "_asapp_rejected"  # marker row standing in for a rejected (1) or blank (0) line
+
+
+@dataclass(frozen=True)
+class Reject:
+    file: str
+    line: int
+    error: str
+    raw: str  # the line, up to settings.REJECT_RAW_LIMIT bytes
+
+
+@dataclass
+class PreparedPartition:
+    files: list[tuple[DataFile, Path, bool, list[str]]] = field(default_factory=list)  # file, path, gzip, keys
+    rejects: list[Reject] = field(default_factory=list)
+
+
 class PartitionReader:
     """Downloads a partition's files (paramiko prefetch) and reads them with DuckDB into Arrow batches.
 
@@ -290,48 +311,94 @@ class PartitionReader:
                 if paths:
                     shutil.rmtree(paths[0].parent, ignore_errors=True)
 
-    def _keys(self, f: DataFile, path: Path) -> list[str]:
-        """The file's keys in order of first appearance; parsing the whole file also proves it readable."""
-        compression = "'gzip'" if f.gzip else "'uncompressed'"
+    def _keys(self, path: Path, gz: bool) -> list[str] | None:
+        """The file's keys in order of first appearance, or None when DuckDB cannot read every line as a JSON
+        object. Parsing the whole file here is what lets a partition be checked before any row is yielded."""
+        compression = "'gzip'" if gz else "'uncompressed'"
         try:
             rows = self.con.execute(
-                f"select k from (select unnest(json_keys(json)) as k, row_number() over () as i "
+                f"select k from (select unnest(case when json_type(json) = 'OBJECT' then json_keys(json) "
+                f"else [{_sql_str(NOT_AN_OBJECT)}] end) as k, row_number() over () as i "
                 f"from read_ndjson_objects({_sql_str(str(path))}, compression={compression})) "
                 f"group by k order by min(i)"
             ).fetchall()
-        except duckdb.Error as e:
-            raise PartitionError(f"{f.name}: cannot be read as JSON lines ({str(e).splitlines()[0]})") from e
-        return [row[0] for row in rows]
+        except duckdb.Error:
+            return None
+        keys = [row[0] for row in rows]
+        return None if NOT_AN_OBJECT in keys else [k for k in keys if k != REJECT_MARK]
 
-    def read(
-        self,
-        partition: Partition,
-        files: list[DataFile],
-        paths: list[Path],
-        loaded_at: datetime,
-    ) -> Iterator[pa.RecordBatch]:
-        """The partition's rows in Arrow batches. Every file is parsed before the first batch is yielded, so a
-        corrupt or truncated file fails its whole partition (PartitionError) with nothing half-loaded."""
-        keyed = [
-            (f, path, self._keys(f, path)) for f, path in zip(files, paths, strict=True) if path.stat().st_size > 0
-        ]
-        for f, path, keys in keyed:
+    def _clean(self, f: DataFile, path: Path) -> tuple[Path, list[Reject]]:
+        """Line by line, for a file DuckDB refused: each bad line (malformed JSON, invalid UTF-8, not an object)
+        is recorded and replaced by a marker row, so every other row keeps its line number. A file that cannot be
+        decompressed fails its partition."""
+        clean = path.with_name(path.name + ".clean.jsonl")
+        rejects: list[Reject] = []
+        try:
+            with gzip.open(path, "rb") if f.gzip else path.open("rb") as src, clean.open("wb") as dst:
+                for n, raw in enumerate(src, 1):
+                    line = raw.rstrip(b"\r\n")
+                    if not line.strip():
+                        dst.write(b'{"%s":0}\n' % REJECT_MARK.encode())  # blank: not a row, not a reject
+                        continue
+                    try:
+                        value = json.loads(line.decode("utf-8"))
+                        if not isinstance(value, dict):
+                            raise ValueError(f"a JSON {type(value).__name__}, not an object")
+                    except (UnicodeDecodeError, ValueError) as e:
+                        text = line[: settings.REJECT_RAW_LIMIT].decode("utf-8", errors="replace")
+                        rejects.append(Reject(f.name, n, f"{type(e).__name__}: {str(e)[:300]}", text))
+                        dst.write(b'{"%s":1}\n' % REJECT_MARK.encode())
+                        continue
+                    dst.write(line + b"\n")
+        except (OSError, EOFError, zlib.error) as e:
+            raise PartitionError(f"{f.name}: cannot be decompressed ({e})") from e
+        return clean, rejects
+
+    def prepare(self, files: list[DataFile], paths: list[Path], max_bad_lines: int) -> PreparedPartition:
+        """Parse every file of the partition before anything is yielded: a partition loads whole or not at all.
+        Bad lines go to rejects; more than max_bad_lines of them fail the partition (PartitionError)."""
+        prepared = PreparedPartition()
+        for f, path in zip(files, paths, strict=True):
+            if path.stat().st_size == 0:
+                continue
+            gz, keys = f.gzip, self._keys(path, f.gzip)
+            if keys is None:
+                path, rejects = self._clean(f, path)
+                gz, keys = False, self._keys(path, False)
+                if keys is None:
+                    raise PartitionError(f"{f.name}: cannot be read as JSON lines")
+                prepared.rejects += rejects
+            prepared.files.append((f, path, gz, keys))
+        if len(prepared.rejects) > max_bad_lines:
+            first = prepared.rejects[0]
+            raise PartitionError(
+                f"{len(prepared.rejects)} bad lines, more than --max-bad-lines {max_bad_lines} (first: {first.file} "
+                f"line {first.line}: {first.error})"
+            )
+        return prepared
+
+    def read(self, partition: Partition, prepared: PreparedPartition, loaded_at: datetime) -> Iterator[pa.RecordBatch]:
+        """The prepared partition's rows in Arrow batches (every value as text, lineage columns added)."""
+        for f, path, gz, keys in prepared.files:
             if not keys:
                 continue
             source = _sql_str(str(path))
-            compression = "'gzip'" if f.gzip else "'uncompressed'"
-            columns = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in keys) + "}"
+            compression = "'gzip'" if gz else "'uncompressed'"
+            marked = path.name.endswith(".clean.jsonl")
+            read_keys = [*keys, REJECT_MARK] if marked else keys
+            columns = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in read_keys) + "}"
             lineage = (
                 f"{_sql_str(partition.feed)} as _asapp_feed, {_sql_str(partition.version)} as _asapp_version, "
                 f"timestamp {_sql_str(partition.at.strftime('%Y-%m-%d %H:%M:%S'))} as _asapp_partition_at, "
                 f"{_sql_str(f.name)} as _asapp_file, "
                 f"{'null' if f.split is None else f.split}::bigint as _asapp_split, "
-                f"row_number() over () as _asapp_line, "
+                f"_asapp_line, "
                 f"timestamp {_sql_str(loaded_at.strftime('%Y-%m-%d %H:%M:%S.%f'))} as _asapp_loaded_at"
             )
             query = (
-                f"select {', '.join(_quote(k) for k in keys)}, {lineage} from read_json({source}, "
+                f"select {', '.join(_quote(k) for k in keys)}, {lineage} from ("
+                f"select *, row_number() over () as _asapp_line from read_json({source}, "
                 f"format='newline_delimited', compression={compression}, columns={columns}, "
-                f"maximum_object_size=268435456)"
+                f"maximum_object_size=268435456))" + (f" where {_quote(REJECT_MARK)} is null" if marked else "")
             )
             yield from self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS)

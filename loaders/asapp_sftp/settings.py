@@ -22,3 +22,9 @@ FEED_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 def data_file_pattern(feed: str) -> "re.Pattern[str]":
     """FEED.jsonl[.NN][.gz][.enc]"""
     return re.compile(rf"^{re.escape(feed)}\.jsonl(?:\.(?P<split>\d{{2,}}))?(?P<gz>\.gz)?(?P<enc>\.enc)?$")
+
+
+# A partition with more bad lines than this fails as a whole (and is retried); fewer go to asapp_raw._rejects.
+DEFAULT_MAX_BAD_LINES = 10
+REJECT_RAW_LIMIT = 2000  # bytes of a rejected line kept in _rejects
+REJECTS_TABLE = "_rejects"

@@ -22,8 +22,10 @@ def rows(start: int, n: int) -> list[dict[str, object]]:
     return [{"issue_id": i, "final_intent_code": f"I{i}"} for i in range(start, start + n)]
 
 
-@pytest.mark.parametrize("damage", ["truncated gzip", "corrupt gzip", "malformed json"])
-def test_bad_file_fails_its_partition_whole_and_is_retried(exports: Path, warehouse: Warehouse, damage: str) -> None:
+@pytest.mark.parametrize("damage", ["truncated gzip", "corrupt gzip", "too many bad lines"])
+def test_bad_file_fails_its_partition_whole_and_is_retried(
+    exports: Path, warehouse: Warehouse, damage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_partition(exports, "convos_intents", T0, rows(1, 3))
     bad = write_partition(exports, "convos_intents", T0.replace(hour=11), rows(10, 40), splits=2, gz=True)
     second = bad / "convos_intents.jsonl.01.gz"
@@ -32,8 +34,9 @@ def test_bad_file_fails_its_partition_whole_and_is_retried(exports: Path, wareho
         second.write_bytes(good_bytes[: len(good_bytes) // 2])
     elif damage == "corrupt gzip":
         second.write_bytes(good_bytes[:20] + b"\x00" * 40 + good_bytes[60:])
-    else:
-        second.write_bytes(gzip.compress(b'{"issue_id": 99}\n{"issue_id": \n'))
+    else:  # more bad lines than SOURCES__ASAPP_SFTP__MAX_BAD_LINES allows
+        monkeypatch.setenv("SOURCES__ASAPP_SFTP__MAX_BAD_LINES", "2")
+        second.write_bytes(gzip.compress(b'{"issue_id": 99}\n{"issue_id": \n[1]\nnot json\n'))
     write_partition(exports, "utterances", T0, rows(1, 2))  # another feed is not held up
 
     stats = load_asapp()
@@ -43,6 +46,8 @@ def test_bad_file_fails_its_partition_whole_and_is_retried(exports: Path, wareho
     assert sorted(int(i) for (i,) in query(warehouse, "select issue_id from asapp_raw.convos_intents")) == [1, 2, 3]
     assert scalar(warehouse, "select count(*) from asapp_raw.utterances") == 2
 
+    if damage == "too many bad lines":
+        assert "3 bad lines, more than --max-bad-lines 2" in failed[0]
     second.write_bytes(good_bytes)  # ASAPP re-exports the file: the next run loads the partition
     stats = load_asapp()
     assert stats.feeds["convos_intents"].partitions_loaded == 1 and not stats.feeds["convos_intents"].failed
@@ -109,3 +114,41 @@ def test_passphrase_is_required_and_never_printed(
     assert result.returncode == 0, result.stderr
     assert "right-horse-battery" not in result.stdout + result.stderr
     assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 1
+
+
+def test_bad_lines_go_to_rejects_and_the_rest_loads(exports: Path, warehouse: Warehouse) -> None:
+    d = partition_dir(exports, "convos_intents", T0)
+    d.mkdir(parents=True)
+    lines = [
+        b'{"issue_id": 1, "note": "ok"}',
+        b'{"issue_id": 2, "note": "caf\xc3\xa9 \\u0007 bell"}\r',  # CRLF and an escaped control character
+        b"",  # a blank line is not a row
+        b'{"issue_id": 3, "note": "truncated',  # malformed JSON
+        b'{"issue_id": 4, "note": "latin-1 \xe9"}',  # invalid UTF-8
+        b"[5, 6]",  # a JSON value that is not an object
+        b'{"issue_id": 7, "note": "' + b"y" * 3000 + b'"}',
+        b'{"issue_id": 8, "note": "last line, no newline"}',
+    ]
+    (d / "convos_intents.jsonl").write_bytes(b"\n".join(lines))
+    (d / "_SUCCESS").write_bytes(b"")
+    stats = load_asapp()
+    assert stats.feeds["convos_intents"].rows == 4 and stats.feeds["convos_intents"].rejected == 3
+    got = query(
+        warehouse, "select issue_id, _asapp_line, length(note) from asapp_raw.convos_intents order by _asapp_line"
+    )
+    # every good row keeps its real line number in the file; the 3000-character value is whole
+    assert [(int(i), n) for i, n, _ in got] == [(1, 1), (2, 2), (7, 7), (8, 8)]
+    assert got[2][2] == 3000
+    rejects = query(warehouse, "select file, line, error, raw_text, partition from asapp_raw._rejects order by line")
+    assert [(f, n) for f, n, _, _, _ in rejects] == [
+        ("convos_intents.jsonl", 4),
+        ("convos_intents.jsonl", 5),
+        ("convos_intents.jsonl", 6),
+    ]
+    assert "JSONDecodeError" in rejects[0][2] and "UnicodeDecodeError" in rejects[1][2]
+    assert "not an object" in rejects[2][2] and rejects[2][3] == "[5, 6]"
+    assert rejects[0][4] == "version=1/format=jsonl/dt=2026-11-01/hr=10/mi=00"
+    # accounting: the 7 non-blank lines read = rows loaded + lines rejected
+    assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") + len(rejects) == 7
+    assert load_asapp().feeds["convos_intents"].partitions_loaded == 0  # loaded once, rejects included
+    assert scalar(warehouse, "select count(*) from asapp_raw._rejects") == 3
