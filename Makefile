@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,orchestration]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -26,8 +26,8 @@ test: venv sysdeps
 	$(BIN)/python -m pytest
 
 lint: venv
-	$(BIN)/ruff check loaders tests bench
-	$(BIN)/ruff format --check loaders tests bench
+	$(BIN)/ruff check loaders tests bench examples
+	$(BIN)/ruff format --check loaders tests bench examples
 	$(BIN)/mypy
 	$(BIN)/sqlfluff lint models --disable-progress-bar
 
@@ -41,7 +41,7 @@ generate-check: venv
 ## Refresh the lock (constraints.txt) after changing pyproject.toml.
 lock:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,orchestration]"
 	$(BIN)/python -m pip freeze --exclude-editable > constraints.txt
 
 clean:

@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> Report:
 
         # listing cost after a long history
         log(f"history: {args.history_days} days of hourly partitions")
-        partitions = history_tree(work / "history", args.history_days)
-        henv = elt_env(sshd, work / "history", work, "history")
+        partitions = history_tree(work / "history-tree", args.history_days)
+        henv = elt_env(sshd, work / "history-tree", work, "history")
         first = run([ELT, "load", "asapp"], henv, cwd=PROJECT)
         nothing = median_run([run([ELT, "load", "asapp"], henv, cwd=PROJECT) for _ in range(args.repeat)])
         report.rows.append(

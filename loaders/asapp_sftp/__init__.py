@@ -159,8 +159,10 @@ def _feed_partitions(
                 try:
                     yield from _read_partition(reader, partition, files, paths, fstats, max_bad_lines)
                 except PartitionError as e:
-                    # nothing of it was yielded: not recorded, so the next run tries it again
+                    # nothing of it was yielded: not recorded as loaded but kept waiting, so the next run lists
+                    # it again however far the other partitions have moved on
                     fstats.failed.append(f"{partition.key}: {e}")
+                    state["waiting"][partition.key] = state["waiting"].get(partition.key, now)
                     log.error("%s %s: %s; skipped, will be retried by the next run", feed, partition.key, e)
                     continue
                 # Recorded in the same load package as the rows: both are committed, or neither.

@@ -246,3 +246,19 @@ def test_large_export_is_parsed_with_flat_memory(emulator: ApsisEmulator, wareho
         )
     assert sizes[1] > 200_000_000 and sizes[0] < 15_000_000, sizes
     assert peaks[1] - peaks[0] < 200_000_000, (peaks, sizes)
+
+
+def test_202_means_not_ready_yet(emulator: ApsisEmulator, warehouse: Warehouse) -> None:
+    emulator.state.inject_poll = [202, 202]
+    load_apsis(start_at="2026-11-01", end_at="2026-11-02")
+    assert [s for s, _ in emulator.state.polls][:2] == [202, 202]
+    assert len(emulator.state.requests) == 1
+    assert scalar(warehouse, "select count(*) from apsis_raw.profiles") == 40
+
+
+def test_expired_poll_url_answers_410_and_ends_in_a_clear_error(emulator: ApsisEmulator) -> None:
+    emulator.state.export_ttl = -1.0  # every poll URL has already expired (valid for 1 day in production)
+    result = elt("load", "apsis", "--start-at", "2026-11-01", "--end-at", "2026-11-02")
+    assert result.returncode == 1 and "could not produce the export after 3 requests" in result.stderr
+    assert {s for s, _ in emulator.state.polls} == {410}
+    assert len(emulator.state.requests) == 3

@@ -152,3 +152,16 @@ def test_bad_lines_go_to_rejects_and_the_rest_loads(exports: Path, warehouse: Wa
     assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") + len(rejects) == 7
     assert load_asapp().feeds["convos_intents"].partitions_loaded == 0  # loaded once, rejects included
     assert scalar(warehouse, "select count(*) from asapp_raw._rejects") == 3
+
+
+def test_failed_partition_is_retried_even_after_later_days_load(exports: Path, warehouse: Warehouse) -> None:
+    bad = write_partition(exports, "convos_intents", T0, rows(1, 3), gz=True)
+    good = (bad / "convos_intents.jsonl.gz").read_bytes()
+    (bad / "convos_intents.jsonl.gz").write_bytes(good[:10])
+    for day in (5, 9, 13):  # far beyond the 2-day lookback
+        write_partition(exports, "convos_intents", T0.replace(day=day), rows(day * 100, 1))
+    assert len(load_asapp().feeds["convos_intents"].failed) == 1
+    (bad / "convos_intents.jsonl.gz").write_bytes(good)
+    stats = load_asapp()
+    assert stats.feeds["convos_intents"].partitions_loaded == 1 and not stats.feeds["convos_intents"].failed
+    assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 6
