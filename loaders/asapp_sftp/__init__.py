@@ -103,15 +103,21 @@ def _feed_state(feed: str) -> dict[str, Any]:
     return state.setdefault(feed, {"loaded": {}, "waiting": {}, "max_dt": None})
 
 
+def _dt(partition_key: str) -> date:
+    return date.fromisoformat(partition_key.split("dt=")[1][:10])
+
+
 def _listing_start(feed_state: dict[str, Any], since: date | None, lookback_days: int) -> date | None:
     """The first dt folder worth listing: the last loaded dt minus the lookback, or an older waiting one."""
-    starts: list[date] = []
-    if feed_state.get("max_dt"):
-        starts.append(date.fromisoformat(feed_state["max_dt"]) - timedelta(days=lookback_days))
-        starts += [date.fromisoformat(k.split("dt=")[1][:10]) for k in feed_state.get("waiting", {})]
-        start = min(starts)
-        return max(start, since) if since else start
-    return since
+    if not feed_state.get("max_dt"):
+        return since
+    start = min(
+        [
+            date.fromisoformat(feed_state["max_dt"]) - timedelta(days=lookback_days),
+            *(_dt(k) for k in feed_state.get("waiting", {})),
+        ]
+    )
+    return max(start, since) if since else start
 
 
 def _feed_partitions(
@@ -155,8 +161,10 @@ def _feed_partitions(
                     )
                 else:
                     readable.append((partition, files))
-            for partition, files, paths in reader.downloaded(readable):
+            for partition, files, paths, problem in reader.downloaded(readable):
                 try:
+                    if problem:
+                        raise PartitionError(problem)
                     yield from _read_partition(reader, partition, files, paths, fstats, max_bad_lines)
                 except PartitionError as e:
                     # nothing of it was yielded: not recorded as loaded but kept waiting, so the next run lists
@@ -217,11 +225,11 @@ def _read_partition(
 
 
 def _prune(state: dict[str, Any], lookback_days: int) -> None:
-    """Forget loaded partitions older than the listing window: those dt folders are never listed again."""
-    if not state.get("max_dt"):
-        return
-    horizon = (date.fromisoformat(state["max_dt"]) - timedelta(days=lookback_days)).isoformat()
-    state["loaded"] = {k: v for k, v in state["loaded"].items() if k.split("dt=")[1][:10] >= horizon}
+    """Forget loaded partitions that will never be listed again: older than the listing window. The window
+    reaches back to the oldest partition still waiting, so what was loaded since then stays remembered."""
+    horizon = _listing_start(state, None, lookback_days)
+    if horizon is not None:
+        state["loaded"] = {k: v for k, v in state["loaded"].items() if _dt(k) >= horizon}
 
 
 @dlt.source(name="asapp_sftp", section="asapp_sftp", max_table_nesting=0)

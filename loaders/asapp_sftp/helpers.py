@@ -228,6 +228,26 @@ def fetch_export_docs(sftp: paramiko.SFTPClient, base_path: str) -> Path:
     return Path(name)
 
 
+def gzip_problem(path: Path) -> str | None:
+    """Why a gzip file is not complete and valid, or None. DuckDB reads a file cut right after its header (or at
+    a block boundary) as shorter without complaint, so every gzip file is checked to its end-of-stream marker
+    (all members), in the download thread, while the previous partition is parsed."""
+    if path.stat().st_size == 0:
+        return None  # an empty file is an empty file
+    d = zlib.decompressobj(wbits=31)
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                while chunk:
+                    if d.eof:  # a further gzip member
+                        d = zlib.decompressobj(wbits=31)
+                    d.decompress(chunk)
+                    chunk = d.unused_data if d.eof else b""
+    except zlib.error as e:
+        return f"corrupt gzip ({e})"
+    return None if d.eof else "truncated gzip (the stream has no end)"
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -275,23 +295,27 @@ class PartitionReader:
         self.con.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _download(self, n: int, partition: Partition, files: list[DataFile]) -> list[Path]:
+    def _download(self, n: int, partition: Partition, files: list[DataFile]) -> tuple[list[Path], str | None]:
+        """The partition's files on local disk, and what is wrong with them (None when nothing is)."""
         local_dir = self.workdir / f"p{n}"
         local_dir.mkdir()
         paths = []
+        problem = None
         for f in files:
             # Remote names matched the documented pattern, so they are safe as local names.
             local = local_dir / f.name
             self.sftp.get(f"{partition.path}/{f.name}", str(local))
             paths.append(local)
-        return paths
+            if f.gzip and problem is None and (why := gzip_problem(local)):
+                problem = f"{f.name}: {why}"
+        return paths, problem
 
     def downloaded(
         self, partitions: list[tuple[Partition, list[DataFile]]]
-    ) -> Iterator[tuple[Partition, list[DataFile], list[Path]]]:
-        """Each partition with its files on local disk; the next one downloads while the caller reads this one.
-        A partition's files are deleted once the caller moves on."""
-        pending: deque[tuple[Partition, list[DataFile], Future[list[Path]]]] = deque()
+    ) -> Iterator[tuple[Partition, list[DataFile], list[Path], str | None]]:
+        """Each partition with its files on local disk (and any problem found in them); the next one downloads
+        and is checked while the caller reads this one. A partition's files are deleted once the caller moves on."""
+        pending: deque[tuple[Partition, list[DataFile], Future[tuple[list[Path], str | None]]]] = deque()
         queue = iter(enumerate(partitions))
 
         def submit() -> None:
@@ -304,9 +328,9 @@ class PartitionReader:
         while pending:
             partition, files, future = pending.popleft()
             submit()
-            paths = future.result()
+            paths, problem = future.result()
             try:
-                yield partition, files, paths
+                yield partition, files, paths, problem
             finally:
                 if paths:
                     shutil.rmtree(paths[0].parent, ignore_errors=True)

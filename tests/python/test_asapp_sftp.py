@@ -229,3 +229,19 @@ def test_every_command_has_help() -> None:
         result = elt(*command)
         assert result.returncode == 0, (command, result.stderr)
         assert "Usage" in result.stdout
+
+
+def test_old_partition_getting_success_late_loads_once_and_nothing_else_twice(
+    exports: Path, warehouse: Warehouse
+) -> None:
+    late = write_partition(exports, "convos_intents", T0, rows(1, 2), success=False)
+    for day in (5, 9, 13):  # days beyond the 2-day lookback load meanwhile
+        write_partition(exports, "convos_intents", T0.replace(day=day), rows(day * 100, 1))
+    load_asapp()
+    load_asapp()
+    (late / "_SUCCESS").write_bytes(b"")
+    stats = load_asapp()
+    assert stats.feeds["convos_intents"].partitions_loaded == 1
+    assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 5
+    assert scalar(warehouse, "select count(distinct issue_id) from asapp_raw.convos_intents") == 5
+    assert load_asapp().feeds["convos_intents"].partitions_loaded == 0
