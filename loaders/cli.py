@@ -122,6 +122,20 @@ def _print_load_summary(stats: Any) -> None:
         out.print(f"[yellow]{len(stats.ignored)} name(s) outside ASAPP's layout were ignored[/] (see --verbose)")
 
 
+def _print_staging_summary(feeds: list[str]) -> None:
+    from loaders.pipelines import staging_counts
+
+    counts = _guard(lambda: staging_counts(feeds)) if feeds else {}
+    if not counts:
+        return
+    table = Table(title="staging (all loads so far)")
+    for col in ("feed", "raw rows", "staged rows", "duplicates removed"):
+        table.add_column(col, justify="left" if col == "feed" else "right")
+    for feed, (raw, staged) in sorted(counts.items()):
+        table.add_row(feed, str(raw), str(staged), str(raw - staged))
+    out.print(table)
+
+
 def _load_with_progress(run: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Runs a load showing partitions, files and MB per feed as they are read."""
     from rich.progress import Progress, TextColumn
@@ -383,6 +397,7 @@ def run() -> None:
     if not _guard(lambda: runtime.run_dbt(["build"])):
         console.print("[red]dbt build failed[/]")
         raise typer.Exit(1)
+    _print_staging_summary([feed for feed, s in stats.feeds.items() if s.partitions_loaded])
     _fail_on_failed_partitions(stats)  # after the build: what did load is usable
     if runtime.is_configured("asapp_api.base_url"):
         from loaders.asapp_metadata import push as run_push

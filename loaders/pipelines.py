@@ -78,10 +78,19 @@ def load_asapp(
     options: dict[str, Any] = {"feeds": list(feeds) if feeds else None, "since": since, "stats": stats}
     if max_bad_lines is not None:  # else the configured (or default) value
         options["max_bad_lines"] = max_bad_lines
-    source = asapp_sftp(**options)
-    stats.schema_changes = check_export_docs(stats, strict)
-    info = pipeline.run(source, loader_file_format="parquet")
-    log.info("%s", info)
+    first = True
+    while first or any(s.more for s in stats.feeds.values()):
+        # a long backfill goes in chunks of max_partitions per feed, each committed before the next is read
+        for s in stats.feeds.values():
+            s.more = False
+        source = asapp_sftp(**options)
+        if first:
+            stats.schema_changes = check_export_docs(stats, strict)
+            first = False
+        elif stats.export_docs is not None:
+            stats.export_docs.unlink(missing_ok=True)  # checked on the first chunk already
+        info = pipeline.run(source, loader_file_format="parquet")
+        log.info("%s", info)
     return stats
 
 
@@ -140,3 +149,21 @@ def asapp_status() -> list[FeedStatus]:
             waiting = len(state.get(feed, {}).get("waiting", {}))
             result.append(FeedStatus(feed, int(rows), latest, last_loaded, waiting, sync, fresh))
     return result
+
+
+def staging_counts(feeds: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """feed -> (raw rows, staged rows): what dedup removed, for the run summary."""
+    pipeline = runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET)
+    counts = {}
+    with pipeline.sql_client() as client:
+        for feed in feeds:
+            try:
+                with client.execute_query(
+                    f"select (select count(*) from {client.make_qualified_table_name(feed)}), "
+                    f"(select count(*) from staging.stg_asapp__{feed})"
+                ) as cursor:
+                    raw, staged = cursor.fetchone()
+            except Exception:  # a feed without a staging model (not in export_docs.yaml)
+                continue
+            counts[feed] = (int(raw), int(staged))
+    return counts

@@ -65,6 +65,7 @@ class FeedStats:
     rows: int = 0
     waiting: list[str] = field(default_factory=list)
     rejected: int = 0  # bad lines sent to asapp_raw._rejects (lines read = rows + rejected)
+    more: bool = False  # more ready partitions than max_partitions: another run continues
     failed: list[str] = field(default_factory=list)  # partitions skipped for a corrupt file (retried next run)
     encrypted: list[str] = field(default_factory=list)  # partitions skipped: .enc and no decryptor
 
@@ -127,6 +128,7 @@ def _feed_partitions(
     since: date | None,
     lookback_days: int,
     max_bad_lines: int,
+    max_partitions: int,
     stats: LoadStats,
 ) -> Iterator[Any]:
     try:
@@ -161,6 +163,8 @@ def _feed_partitions(
                     )
                 else:
                     readable.append((partition, files))
+            fstats.more = len(readable) > max_partitions
+            readable = readable[:max_partitions]  # oldest first: the rest in the next run of this load
             for partition, files, paths, problem in reader.downloaded(readable):
                 try:
                     if problem:
@@ -169,7 +173,8 @@ def _feed_partitions(
                 except PartitionError as e:
                     # nothing of it was yielded: not recorded as loaded but kept waiting, so the next run lists
                     # it again however far the other partitions have moved on
-                    fstats.failed.append(f"{partition.key}: {e}")
+                    if f"{partition.key}: {e}" not in fstats.failed:  # once, however many chunks retried it
+                        fstats.failed.append(f"{partition.key}: {e}")
                     state["waiting"][partition.key] = state["waiting"].get(partition.key, now)
                     log.error("%s %s: %s; skipped, will be retried by the next run", feed, partition.key, e)
                     continue
@@ -246,6 +251,7 @@ def asapp_sftp(
     lookback_days: int = settings.DEFAULT_LOOKBACK_DAYS,
     accept_unknown_host: bool = False,
     max_bad_lines: int = settings.DEFAULT_MAX_BAD_LINES,
+    max_partitions: int = settings.DEFAULT_MAX_PARTITIONS_PER_RUN,
     stats: Any = None,
 ) -> list[DltResource]:
     """ASAPP Messaging feeds on SFTP, one append-only raw table per feed.
@@ -260,6 +266,7 @@ def asapp_sftp(
         lookback_days: how many days before the last loaded dt are listed again for late partitions.
         accept_unknown_host: trust an unknown host key (never by default).
         max_bad_lines: bad lines a partition may have (they go to asapp_raw._rejects); more fail the partition.
+        max_partitions: partitions per feed in this run (oldest first); `load_asapp` runs again for the rest.
         stats: a LoadStats to fill with the run's counts.
     """
     since_date = date.fromisoformat(since) if since else None
@@ -295,7 +302,9 @@ def asapp_sftp(
         session.release()
     return [
         dlt.resource(
-            _feed_partitions(session, base_path, feed, since_date, lookback_days, max_bad_lines, run_stats),
+            _feed_partitions(
+                session, base_path, feed, since_date, lookback_days, max_bad_lines, max_partitions, run_stats
+            ),
             name=feed,
             table_name=feed,
             write_disposition="append",

@@ -343,7 +343,8 @@ class PartitionReader:
             rows = self.con.execute(
                 f"select k from (select unnest(case when json_type(json) = 'OBJECT' then json_keys(json) "
                 f"else [{_sql_str(NOT_AN_OBJECT)}] end) as k, row_number() over () as i "
-                f"from read_ndjson_objects({_sql_str(str(path))}, compression={compression})) "
+                f"from read_ndjson_objects({_sql_str(str(path))}, compression={compression}, "
+                f"maximum_object_size={settings.MAX_LINE_BYTES})) "
                 f"group by k order by min(i)"
             ).fetchall()
         except duckdb.Error:
@@ -423,6 +424,7 @@ class PartitionReader:
                 f"select {', '.join(_quote(k) for k in keys)}, {lineage} from ("
                 f"select *, row_number() over () as _asapp_line from read_json({source}, "
                 f"format='newline_delimited', compression={compression}, columns={columns}, "
-                f"maximum_object_size=268435456))" + (f" where {_quote(REJECT_MARK)} is null" if marked else "")
+                f"maximum_object_size={settings.MAX_LINE_BYTES}))"
+                + (f" where {_quote(REJECT_MARK)} is null" if marked else "")
             )
             yield from self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS)

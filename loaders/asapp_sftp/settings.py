@@ -28,3 +28,7 @@ def data_file_pattern(feed: str) -> "re.Pattern[str]":
 DEFAULT_MAX_BAD_LINES = 10
 REJECT_RAW_LIMIT = 2000  # bytes of a rejected line kept in _rejects
 REJECTS_TABLE = "_rejects"
+# Partitions per feed in one dlt run: a long backfill is loaded (and committed) in chunks of this size, which
+# bounds memory however many partitions are waiting (4320 small partitions in one run peaked at 1.7 GB).
+DEFAULT_MAX_PARTITIONS_PER_RUN = 500
+MAX_LINE_BYTES = 256 * 1024 * 1024  # longest JSON line DuckDB is asked to read (its default is 16 MB)

@@ -245,3 +245,16 @@ def test_old_partition_getting_success_late_loads_once_and_nothing_else_twice(
     assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 5
     assert scalar(warehouse, "select count(distinct issue_id) from asapp_raw.convos_intents") == 5
     assert load_asapp().feeds["convos_intents"].partitions_loaded == 0
+
+
+def test_backfill_runs_in_chunks_each_partition_once(
+    exports: Path, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCES__ASAPP_SFTP__MAX_PARTITIONS", "2")
+    for h in range(5):
+        write_partition(exports, "convos_intents", T0.replace(hour=h), rows(h * 10, 2))
+    stats = load_asapp()  # three dlt runs of at most 2 partitions each
+    assert stats.feeds["convos_intents"].partitions_loaded == 5
+    assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 10
+    assert scalar(warehouse, "select count(distinct _dlt_load_id) from asapp_raw.convos_intents") == 3
+    assert load_asapp().feeds["convos_intents"].partitions_loaded == 0

@@ -165,3 +165,14 @@ def test_failed_partition_is_retried_even_after_later_days_load(exports: Path, w
     stats = load_asapp()
     assert stats.feeds["convos_intents"].partitions_loaded == 1 and not stats.feeds["convos_intents"].failed
     assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 6
+
+
+def test_very_long_line_loads_whole(exports: Path, warehouse: Warehouse) -> None:
+    big = "z" * 11_000_000  # over 10 MB in one line (and over DuckDB's 16 MB default once with the others)
+    write_partition(exports, "convos_intents", T0, [{"issue_id": 1, "blob": big}, {"issue_id": 2, "blob": big + big}])
+    stats = load_asapp()
+    assert stats.feeds["convos_intents"].rows == 2 and not stats.feeds["convos_intents"].failed
+    assert query(warehouse, "select issue_id, length(blob) from asapp_raw.convos_intents order by 1") == [
+        ("1", 11_000_000),
+        ("2", 22_000_000),
+    ]

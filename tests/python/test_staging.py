@@ -12,7 +12,7 @@ import pytest
 from loaders import runtime
 from loaders.pipelines import load_asapp
 from loaders.sandbox.exports import write_partition
-from tests.python.helpers import Warehouse, query, scalar
+from tests.python.helpers import Warehouse, elt, query, scalar
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 
@@ -181,3 +181,13 @@ def test_missing_tables_and_key_columns_do_not_break_the_build(exports: Path, wa
     assert scalar(warehouse, "select count(*) from staging.stg_asapp__utterances") == 0
     n_models = scalar(warehouse, "select count(*) from information_schema.tables where table_schema = 'staging'")
     assert n_models >= 43  # every feed, plus the APSIS staging models
+
+
+def test_elt_run_summarises_loads_and_duplicates_removed(exports: Path, warehouse: Warehouse) -> None:
+    write_partition(exports, "convos_intents", T0, [intent(1, "A", "2026-11-01 10:00:00")])
+    write_partition(exports, "convos_intents", T0.replace(hour=11), [intent(1, "B", "2026-11-01 11:00:00")])
+    result = elt("run")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    line = next(x for x in result.stdout.splitlines() if "convos_intents" in x and "│" in x and x.count("│") == 5)
+    assert [c.strip() for c in line.split("│")][1:-1] == ["convos_intents", "2", "1", "1"]
+    assert "APSIS is not configured" in result.stdout and "push skipped" in result.stdout
