@@ -6,7 +6,7 @@ import logging
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from loaders import runtime
@@ -22,12 +22,44 @@ ASAPP_PIPELINE = "asapp_sftp"
 ASAPP_DATASET = "asapp_raw"
 
 
-def finish_pending(pipeline: object) -> None:
-    """A package extracted by an interrupted run is loaded before anything new is read (nothing lost)."""
-    if getattr(pipeline, "has_pending_data", False):
-        log.warning("a previous run left data that was extracted but not loaded: loading it first")
-        pipeline.normalize()  # type: ignore[attr-defined]
-        pipeline.load()  # type: ignore[attr-defined]
+def finish_pending(pipeline: Any, row_key: Sequence[str] | None = None) -> None:
+    """A package extracted by an interrupted run is loaded before anything new is read (nothing lost).
+
+    dlt's append loads are at least once: a process killed after a job's insert committed but before the job was
+    marked done runs that job again. With row_key (columns unique per row), the rows of the packages finished
+    here are then made unique again, so every row lands exactly once."""
+    if not pipeline.has_pending_data:
+        return
+    load_ids = [*pipeline.list_extracted_load_packages(), *pipeline.list_normalized_load_packages()]
+    log.warning("a previous run left data that was extracted but not loaded: loading it first")
+    pipeline.normalize()
+    pipeline.load()
+    if row_key and load_ids:
+        _dedupe_loads(pipeline, load_ids, row_key)
+
+
+def _dedupe_loads(pipeline: Any, load_ids: list[str], row_key: Sequence[str]) -> None:
+    engine = runtime.target()
+    row_id = {"duckdb": "rowid", "motherduck": "rowid", "postgres": "ctid"}.get(engine)
+    if row_id is None:
+        log.warning("cannot check %s for rows loaded twice after an interruption on %s", load_ids, engine)
+        return
+    ids = ", ".join(f"'{i}'" for i in load_ids)
+    with pipeline.sql_client() as client:
+        for table in pipeline.default_schema.data_tables():
+            columns = table.get("columns", {})
+            key = [c for c in row_key if c in columns] if table["name"] != "_rejects" else ["partition", "file", "line"]
+            if not key or "_dlt_load_id" not in columns:
+                continue
+            name = client.make_qualified_table_name(table["name"])
+            try:
+                client.execute_sql(
+                    f"delete from {name} where _dlt_load_id in ({ids}) and {row_id} not in ("
+                    f"select min({row_id}) from {name} where _dlt_load_id in ({ids}) "
+                    f"group by {', '.join(key)})"
+                )
+            except Exception as e:  # a table the interrupted packages never created
+                log.debug("no duplicate check for %s: %s", table["name"], e)
 
 
 class SchemaDriftError(RuntimeError):
@@ -61,6 +93,34 @@ def check_export_docs(stats: LoadStats, strict: bool) -> list[Change]:
     return changes
 
 
+def landed_partitions(pipeline: Any) -> dict[str, set[tuple[str, datetime]]]:
+    """feed -> {(version, partition time)} present in the raw tables, from the last loaded dt minus the lookback
+    on (or everything, without local state). The destination is the truth of what loaded: dlt's local state can
+    lag it when a process is killed between committing a load package and saving that state."""
+    if not pipeline.default_schema_name:
+        return {}
+    feeds_state = pipeline.state.get("sources", {}).get("asapp_sftp", {}).get("feeds", {})
+    landed: dict[str, set[tuple[str, datetime]]] = {}
+    with pipeline.sql_client() as client:
+        for table in pipeline.default_schema.data_tables():
+            feed = table["name"]
+            if feed.startswith("_") or "_asapp_partition_at" not in table.get("columns", {}):
+                continue
+            max_dt = feeds_state.get(feed, {}).get("max_dt")
+            where = ""
+            if max_dt:  # the listing window, with a generous margin
+                where = f" where _asapp_partition_at >= '{date.fromisoformat(max_dt) - timedelta(days=31)}'"
+            try:
+                with client.execute_query(
+                    f"select distinct _asapp_version, _asapp_partition_at "
+                    f"from {client.make_qualified_table_name(feed)}" + where
+                ) as cursor:
+                    landed[feed] = {(str(v), at.replace(tzinfo=None)) for v, at in cursor.fetchall()}
+            except Exception:  # in the schema but not created yet (nothing of it was ever loaded)
+                continue
+    return landed
+
+
 def load_asapp(
     feeds: Sequence[str] | None = None,
     since: str | None = None,
@@ -73,13 +133,14 @@ def load_asapp(
     With strict, a server export_docs.yaml that differs from the project's stops the run before anything loads.
     """
     pipeline = runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET)
-    finish_pending(pipeline)
+    finish_pending(pipeline, row_key=("_asapp_version", "_asapp_partition_at", "_asapp_file", "_asapp_line"))
     stats = LoadStats(on_progress=on_progress)
     options: dict[str, Any] = {"feeds": list(feeds) if feeds else None, "since": since, "stats": stats}
     if max_bad_lines is not None:  # else the configured (or default) value
         options["max_bad_lines"] = max_bad_lines
     first = True
     while first or any(s.more for s in stats.feeds.values()):
+        options["landed"] = landed_partitions(pipeline)
         # a long backfill goes in chunks of max_partitions per feed, each committed before the next is read
         for s in stats.feeds.values():
             s.more = False

@@ -3,6 +3,7 @@ push to ASAPP. Run it with `dagster dev -f examples/dagster/definitions.py` from
 `pip install -e ".[orchestration]"` first). Configuration is the project's: environment or .dlt/ files.
 """
 
+import os
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,9 +26,19 @@ from loaders import runtime
 from loaders.export_docs import load_export_docs
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+# dagster-dbt runs `dbt` from PATH: the dbt of this environment (the project's venv), even when not activated
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 runtime.configure()
-dbt_project = DbtProject(project_dir=PROJECT_DIR, profiles_dir=PROJECT_DIR, target=runtime.target())
-dbt_project.prepare_if_dev()
+dbt_project = DbtProject(
+    project_dir=PROJECT_DIR,
+    profiles_dir=PROJECT_DIR,
+    target=runtime.target(),
+    target_path=Path(os.environ.get("DBT_TARGET_PATH", PROJECT_DIR / "target")),
+)
+if (
+    not dbt_project.manifest_path.exists()
+):  # a fresh checkout: dbt parse writes it (prepare_if_dev only in `dagster dev`)
+    dbt_project.preparer.prepare(dbt_project)
 
 
 FEEDS = sorted(load_export_docs(PROJECT_DIR / "export_docs.yaml").feeds)
@@ -118,8 +129,7 @@ hourly = define_asset_job("asapp_elt_hourly", selection="*")
 
 defs = Definitions(
     assets=[asapp_raw, apsis_raw, dbt_models, asapp_customer_metadata],
-    # the dbt of this environment (the project's venv), found even when its bin/ is not on PATH
-    resources={"dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=str(Path(sys.executable).parent / "dbt"))},
+    resources={"dbt": DbtCliResource(project_dir=dbt_project)},
     jobs=[hourly],
     schedules=[ScheduleDefinition(job=hourly, cron_schedule="15 * * * *")],
 )

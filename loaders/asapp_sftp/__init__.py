@@ -129,12 +129,15 @@ def _feed_partitions(
     lookback_days: int,
     max_bad_lines: int,
     max_partitions: int,
+    landed: dict[str, set[tuple[str, datetime]]],
     stats: LoadStats,
 ) -> Iterator[Any]:
     try:
         state = _feed_state(feed)
         start = _listing_start(state, since, lookback_days)
-        listing = list_partitions(session.sftp, base_path, feed, start, skip=set(state["loaded"]))
+        listing = list_partitions(
+            session.sftp, base_path, feed, start, skip=set(state["loaded"]), landed=landed.get(feed)
+        )
         fstats = stats.feed(feed)
         stats.ignored += listing.ignored
         for name in listing.ignored:
@@ -252,6 +255,7 @@ def asapp_sftp(
     accept_unknown_host: bool = False,
     max_bad_lines: int = settings.DEFAULT_MAX_BAD_LINES,
     max_partitions: int = settings.DEFAULT_MAX_PARTITIONS_PER_RUN,
+    landed: Any = None,
     stats: Any = None,
 ) -> list[DltResource]:
     """ASAPP Messaging feeds on SFTP, one append-only raw table per feed.
@@ -267,6 +271,8 @@ def asapp_sftp(
         accept_unknown_host: trust an unknown host key (never by default).
         max_bad_lines: bad lines a partition may have (they go to asapp_raw._rejects); more fail the partition.
         max_partitions: partitions per feed in this run (oldest first); `load_asapp` runs again for the rest.
+        landed: feed -> {(version, partition time)} whose rows are already in the destination: never read again,
+            even if dlt's local state lost them (a process killed between committing a package and its state).
         stats: a LoadStats to fill with the run's counts.
     """
     since_date = date.fromisoformat(since) if since else None
@@ -303,7 +309,15 @@ def asapp_sftp(
     return [
         dlt.resource(
             _feed_partitions(
-                session, base_path, feed, since_date, lookback_days, max_bad_lines, max_partitions, run_stats
+                session,
+                base_path,
+                feed,
+                since_date,
+                lookback_days,
+                max_bad_lines,
+                max_partitions,
+                landed or {},
+                run_stats,
             ),
             name=feed,
             table_name=feed,

@@ -134,6 +134,11 @@ class Partition:
         return f"version={self.version}/format={self.format}/dt={self.dt}/hr={self.hr}/mi={self.mi}"
 
     @property
+    def at_naive(self) -> datetime:
+        """The partition time as the raw tables hold it (_asapp_partition_at: UTC without a zone)."""
+        return self.at.replace(tzinfo=None)
+
+    @property
     def at(self) -> datetime:
         return datetime.strptime(f"{self.dt} {self.hr}:{self.mi}", "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
 
@@ -174,6 +179,7 @@ def list_partitions(
     feed: str,
     since: date | None,
     skip: set[str],
+    landed: set[tuple[str, datetime]] | None = None,
 ) -> Listing:
     """Partitions of a feed with dt >= since, not in skip, split into ready (_SUCCESS present) and waiting."""
     listing = Listing()
@@ -192,7 +198,7 @@ def list_partitions(
                     for mi, mname in _dirs(sftp, f"{fmt_path}/{dname}/{hname}", settings.MI_DIR, listing):
                         path = f"{fmt_path}/{dname}/{hname}/{mname}"
                         partition = Partition(feed, version, fmt, dt, hr, mi, path)
-                        if partition.key in skip:
+                        if partition.key in skip or (landed and (version, partition.at_naive) in landed):
                             continue
                         entries = sftp.listdir_attr(path)
                         names = {e.filename for e in entries}
