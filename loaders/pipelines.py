@@ -93,19 +93,31 @@ def check_export_docs(stats: LoadStats, strict: bool) -> list[Change]:
     return changes
 
 
+def _feeds_state(pipeline: Any) -> dict[str, Any]:
+    """The asapp_sftp source's state per feed (loaded, waiting, max_dt), as the last run left it."""
+    feeds: dict[str, Any] = pipeline.state.get("sources", {}).get("asapp_sftp", {}).get("feeds", {})
+    return feeds
+
+
+def _raw_feed_tables(pipeline: Any) -> list[str]:
+    """The feed tables of asapp_raw known to dlt's schema (not _rejects, not dlt's own)."""
+    if not pipeline.default_schema_name:
+        return []
+    return [
+        t["name"]
+        for t in pipeline.default_schema.data_tables()
+        if not t["name"].startswith("_") and "_asapp_partition_at" in t.get("columns", {})
+    ]
+
+
 def landed_partitions(pipeline: Any) -> dict[str, set[tuple[str, datetime]]]:
     """feed -> {(version, partition time)} present in the raw tables, from the last loaded dt minus the lookback
     on (or everything, without local state). The destination is the truth of what loaded: dlt's local state can
     lag it when a process is killed between committing a load package and saving that state."""
-    if not pipeline.default_schema_name:
-        return {}
-    feeds_state = pipeline.state.get("sources", {}).get("asapp_sftp", {}).get("feeds", {})
+    feeds_state = _feeds_state(pipeline)
     landed: dict[str, set[tuple[str, datetime]]] = {}
     with pipeline.sql_client() as client:
-        for table in pipeline.default_schema.data_tables():
-            feed = table["name"]
-            if feed.startswith("_") or "_asapp_partition_at" not in table.get("columns", {}):
-                continue
+        for feed in _raw_feed_tables(pipeline):
             max_dt = feeds_state.get(feed, {}).get("max_dt")
             where = ""
             if max_dt:  # the listing window, with a generous margin
@@ -138,9 +150,10 @@ def load_asapp(
     options: dict[str, Any] = {"feeds": list(feeds) if feeds else None, "since": since, "stats": stats}
     if max_bad_lines is not None:  # else the configured (or default) value
         options["max_bad_lines"] = max_bad_lines
+    # once: later chunks of this load are in dlt's state; only an earlier, interrupted run can be missing from it
+    options["landed"] = landed_partitions(pipeline)
     first = True
     while first or any(s.more for s in stats.feeds.values()):
-        options["landed"] = landed_partitions(pipeline)
         # a long backfill goes in chunks of max_partitions per feed, each committed before the next is read
         for s in stats.feeds.values():
             s.more = False
@@ -189,9 +202,8 @@ def asapp_status() -> list[FeedStatus]:
 
     docs = load_export_docs(runtime.project_dir() / "export_docs.yaml")
     pipeline = runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET)
-    state = pipeline.state.get("sources", {}).get("asapp_sftp", {}).get("feeds", {})
-    tables = pipeline.default_schema.data_tables() if pipeline.default_schema_name else []
-    loaded = {t["name"] for t in tables if not t["name"].startswith("_")}  # not _rejects
+    state = _feeds_state(pipeline)
+    loaded = set(_raw_feed_tables(pipeline))
     now = datetime.now(UTC).replace(tzinfo=None)
     result = []
     with pipeline.sql_client() as client:

@@ -87,10 +87,10 @@ class LoadStats:
 class _Session:
     """One SSH connection shared by the feed resources, closed when the last of them finishes."""
 
-    def __init__(self, client: Any, users: int) -> None:
+    def __init__(self, client: Any) -> None:
         self.client = client
-        self.sftp = client.open_sftp()
-        self.users = users
+        self.sftp = client.open_sftp()  # lists the base folder, then the feeds' partitions
+        self.users = 0
 
     def release(self) -> None:
         self.users -= 1
@@ -287,23 +287,21 @@ def asapp_sftp(
         accept_unknown_host=accept_unknown_host,
     )
     try:
-        sftp = client.open_sftp()
+        session = _Session(client)
         try:
-            names = [e.filename for e in sftp.listdir_attr(base_path)]
-            available = sorted(n for n in names if settings.FEED_NAME.match(n))
-            if settings.EXPORT_DOCS_NAME in names:
-                run_stats.export_docs = fetch_export_docs(sftp, base_path)
+            names = [e.filename for e in session.sftp.listdir_attr(base_path)]
         except FileNotFoundError as e:
             raise SftpError(f"base path {base_path!r} does not exist on {host}") from e
-        finally:
-            sftp.close()
+        available = sorted(n for n in names if settings.FEED_NAME.match(n))
+        if settings.EXPORT_DOCS_NAME in names:
+            run_stats.export_docs = fetch_export_docs(session.sftp, base_path)
     except BaseException:
         client.close()
         raise
     selected = available if not feeds else [f for f in available if f in set(feeds)]
     for missing in sorted(set(feeds or []) - set(available)):
         log.warning("feed %s has no folder under %s on %s: nothing to load for it yet", missing, base_path, host)
-    session = _Session(client, users=len(selected))
+    session.users = len(selected)
     if not selected:
         session.release()
     return [
