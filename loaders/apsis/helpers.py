@@ -4,6 +4,7 @@ streamed download, and an incremental (ijson) parse of the export into columnar 
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import random
 import re
@@ -307,8 +308,6 @@ def _ms_to_datetime(value: Any) -> datetime | None:
 
 
 def _json_text(value: Any) -> str:
-    import json
-
     return json.dumps(value, separators=(",", ":"), default=str, ensure_ascii=False)
 
 
