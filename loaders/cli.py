@@ -106,8 +106,11 @@ def _print_load_summary(stats: Any) -> None:
             str(s.files),
             f"{s.bytes / 1e6:.1f}",
             str(s.rows),
+            str(s.rejected),
         )
     out.print(table)
+    if stats.reconnects:
+        out.print(f"[yellow]the SFTP connection dropped and was re-opened {stats.reconnects} time(s)[/]")
     for feed, s in sorted(stats.feeds.items()):
         for failure in s.failed:
             out.print(f"[red]failed[/] {feed} {escape(failure)} (retried by the next run)")

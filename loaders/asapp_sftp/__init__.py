@@ -22,15 +22,23 @@ from dlt.common.typing import TSecretStrValue
 from dlt.sources import DltResource
 
 from loaders.asapp_sftp import settings
+from loaders.asapp_sftp.connection import (
+    RetryPolicy,
+    SftpChannel,
+    SftpConnection,
+    SftpError,
+    SftpUnreachable,
+    connect_sftp,
+)
 from loaders.asapp_sftp.helpers import (
     Partition,
     PartitionError,
     PartitionReader,
-    SftpError,
-    connect_sftp,
     fetch_export_docs,
     list_partitions,
 )
+
+__all__ = ["FeedStats", "LoadStats", "SftpError", "SftpUnreachable", "asapp_sftp"]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,7 @@ class LoadStats:
     ignored: list[str] = field(default_factory=list)
     export_docs: Path | None = None  # the export_docs.yaml found on the server, downloaded
     schema_changes: list[Any] = field(default_factory=list)  # its differences from the project's
+    reconnects: int = 0  # times a dropped SFTP connection was opened again
     on_progress: Any = None  # called with (feed, FeedStats) after each partition
 
     def feed(self, name: str) -> FeedStats:
@@ -87,16 +96,21 @@ class LoadStats:
 class _Session:
     """One SSH connection shared by the feed resources, closed when the last of them finishes."""
 
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.sftp = client.open_sftp()  # lists the base folder, then the feeds' partitions
+    def __init__(self, connection: SftpConnection, stats: LoadStats) -> None:
+        self.connection = connection
+        self.listing = SftpChannel(connection)  # lists the base folder, then the feeds' partitions
+        self.stats = stats
         self.users = 0
 
     def release(self) -> None:
         self.users -= 1
         if self.users <= 0:
-            self.sftp.close()
-            self.client.close()
+            self.close()
+
+    def close(self) -> None:
+        self.listing.close()
+        self.connection.close()
+        self.stats.reconnects += self.connection.reconnects
 
 
 def _feed_state(feed: str) -> dict[str, Any]:
@@ -135,8 +149,11 @@ def _feed_partitions(
     try:
         state = _feed_state(feed)
         start = _listing_start(state, since, lookback_days)
-        listing = list_partitions(
-            session.sftp, base_path, feed, start, skip=set(state["loaded"]), landed=landed.get(feed)
+        listing = session.listing.run(
+            f"listing {feed}",
+            lambda sftp: list_partitions(
+                sftp, base_path, feed, start, skip=set(state["loaded"]), landed=landed.get(feed)
+            ),
         )
         fstats = stats.feed(feed)
         stats.ignored += listing.ignored
@@ -149,7 +166,7 @@ def _feed_partitions(
         fstats.waiting = [p.key for p in listing.waiting]
         for p in listing.waiting:
             log.info("%s %s: no _SUCCESS yet, will be loaded by a later run", feed, p.key)
-        reader = PartitionReader(session.client)
+        reader = PartitionReader(session.connection)
         try:
             readable = []
             for partition, files in listing.ready:
@@ -255,6 +272,9 @@ def asapp_sftp(
     accept_unknown_host: bool = False,
     max_bad_lines: int = settings.DEFAULT_MAX_BAD_LINES,
     max_partitions: int = settings.DEFAULT_MAX_PARTITIONS_PER_RUN,
+    retry_attempts: int = settings.DEFAULT_RETRY_ATTEMPTS,
+    retry_wait_seconds: float = settings.DEFAULT_RETRY_WAIT_SECONDS,
+    timeout_seconds: float = settings.DEFAULT_TIMEOUT_SECONDS,
     landed: Any = None,
     stats: Any = None,
 ) -> list[DltResource]:
@@ -271,32 +291,45 @@ def asapp_sftp(
         accept_unknown_host: trust an unknown host key (never by default).
         max_bad_lines: bad lines a partition may have (they go to asapp_raw._rejects); more fail the partition.
         max_partitions: partitions per feed in this run (oldest first); `load_asapp` runs again for the rest.
+        retry_attempts, retry_wait_seconds: a dropped connection is re-opened and the interrupted listing or
+            download retried, this many times, waiting retry_wait_seconds, then twice as long each time.
+        timeout_seconds: a server silent for this long counts as a dropped connection.
         landed: feed -> {(version, partition time)} whose rows are already in the destination: never read again,
             even if dlt's local state lost them (a process killed between committing a package and its state).
         stats: a LoadStats to fill with the run's counts.
     """
     since_date = date.fromisoformat(since) if since else None
     run_stats: LoadStats = stats if stats is not None else LoadStats()
-    client = connect_sftp(
-        host,
-        int(port),
-        username,
-        private_key_path,
-        known_hosts_path,
-        private_key_passphrase=private_key_passphrase,
-        accept_unknown_host=accept_unknown_host,
+    connection = SftpConnection(
+        lambda: connect_sftp(
+            host,
+            int(port),
+            username,
+            private_key_path,
+            known_hosts_path,
+            private_key_passphrase=private_key_passphrase,
+            accept_unknown_host=accept_unknown_host,
+            timeout=float(timeout_seconds),
+        ),
+        f"{host}:{port}",
+        RetryPolicy(int(retry_attempts), float(retry_wait_seconds)),
+        float(timeout_seconds),
     )
+    session = _Session(connection, run_stats)
     try:
-        session = _Session(client)
-        try:
-            names = [e.filename for e in session.sftp.listdir_attr(base_path)]
-        except FileNotFoundError as e:
-            raise SftpError(f"base path {base_path!r} does not exist on {host}") from e
+
+        def top_level(sftp: Any) -> tuple[list[str], Path | None]:
+            try:
+                names = [e.filename for e in sftp.listdir_attr(base_path)]
+            except FileNotFoundError as e:
+                raise SftpError(f"base path {base_path!r} does not exist on {host}") from e
+            docs = fetch_export_docs(sftp, base_path) if settings.EXPORT_DOCS_NAME in names else None
+            return names, docs
+
+        names, run_stats.export_docs = session.listing.run(f"listing {base_path}", top_level)
         available = sorted(n for n in names if settings.FEED_NAME.match(n))
-        if settings.EXPORT_DOCS_NAME in names:
-            run_stats.export_docs = fetch_export_docs(session.sftp, base_path)
     except BaseException:
-        client.close()
+        session.close()
         raise
     selected = available if not feeds else [f for f in available if f in set(feeds)]
     for missing in sorted(set(feeds or []) - set(available)):

@@ -1,4 +1,4 @@
-"""SFTP access (paramiko, verified host keys) and reading export files into Arrow with DuckDB."""
+"""Listing the export layout on SFTP, downloading partitions, and reading their files into Arrow with DuckDB."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import zlib
 from collections import deque
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import duckdb
@@ -22,101 +22,13 @@ import paramiko
 import pyarrow as pa
 
 from loaders.asapp_sftp import settings
+from loaders.asapp_sftp.connection import SftpChannel, SftpConnection
 
 log = logging.getLogger(__name__)
 
 
-class SftpError(RuntimeError):
-    """A problem the user can fix (configuration, keys, server): the message says how."""
-
-
 class PartitionError(RuntimeError):
     """One partition cannot be loaded (a corrupt file): it is skipped, reported, and retried by the next run."""
-
-
-def connect_sftp(
-    host: str,
-    port: int,
-    username: str,
-    private_key_path: str,
-    known_hosts_path: str | None,
-    private_key_passphrase: str | None = None,
-    accept_unknown_host: bool = False,
-    timeout: float = 30.0,
-) -> paramiko.SSHClient:
-    """Open an SSH connection whose host key is checked against known_hosts; unknown hosts are refused."""
-    client = paramiko.SSHClient()
-    if known_hosts_path:
-        kh = Path(known_hosts_path).expanduser()
-        if not kh.exists():
-            raise SftpError(
-                f"known_hosts file {kh} does not exist: create it with "
-                f"`ssh-keyscan -p {port} {host} > {kh}` after checking the fingerprint with ASAPP"
-            )
-        client.load_host_keys(str(kh))
-    else:
-        client.load_system_host_keys()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy() if accept_unknown_host else paramiko.RejectPolicy())
-    key_path = Path(private_key_path).expanduser()
-    if not key_path.exists():
-        raise SftpError(f"private key {key_path} does not exist (SOURCES__ASAPP_SFTP__PRIVATE_KEY_PATH)")
-    if key_path.stat().st_mode & 0o077:
-        log.warning("private key %s can be read by other users of this machine: chmod 600 %s", key_path, key_path)
-    try:
-        # the stubs say str, but cryptography (which decrypts OpenSSH-format keys) needs bytes
-        passphrase = private_key_passphrase.encode() if private_key_passphrase else None
-        pkey = paramiko.PKey.from_path(key_path, password=passphrase)  # type: ignore[arg-type]
-    except (paramiko.SSHException, TypeError, ValueError) as e:
-        # paramiko and cryptography say "password-protected" in several ways; none of them quotes the passphrase
-        if not private_key_passphrase:
-            raise SftpError(
-                f"private key {key_path} cannot be read without a passphrase: if it has one, set "
-                f"SOURCES__ASAPP_SFTP__PRIVATE_KEY_PASSPHRASE ({type(e).__name__})"
-            ) from None
-        raise SftpError(
-            f"private key {key_path} cannot be read with the configured passphrase: check "
-            f"SOURCES__ASAPP_SFTP__PRIVATE_KEY_PASSPHRASE ({type(e).__name__})"
-        ) from None
-    try:
-        # paramiko leaves Nagle's algorithm on: every file's last request then waits for a delayed ACK
-        # (~40 ms). With many partition files that made downloads 4x slower than OpenSSH's client.
-        sock = socket.create_connection((host, port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.connect(
-            sock=sock,
-            hostname=host,
-            port=port,
-            username=username,
-            pkey=pkey,
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-        )
-    except paramiko.BadHostKeyException as e:
-        raise SftpError(
-            f"host key of {host}:{port} does not match the one in {known_hosts_path or 'known_hosts'}: "
-            f"the server changed its key or someone is in between. Verify the new fingerprint with ASAPP "
-            f"before replacing the entry."
-        ) from e
-    except paramiko.AuthenticationException as e:
-        raise SftpError(
-            f"authentication failed for user {username!r} at {host}:{port} with key {key_path}: "
-            f"check the username and that ASAPP has the matching public key"
-        ) from e
-    except paramiko.SSHException as e:
-        if "not found in known_hosts" in str(e):
-            where = known_hosts_path or "~/.ssh/known_hosts"
-            hostspec = host if port == 22 else f"[{host}]:{port}"
-            raise SftpError(
-                f"host key of {hostspec} is not in {where}: unknown hosts are refused. Check the fingerprint "
-                f"with ASAPP, then add it: ssh-keyscan -p {port} {host} >> {where}"
-            ) from e
-        raise SftpError(f"SSH error with {host}:{port}: {e}") from e
-    except OSError as e:
-        raise SftpError(f"cannot reach {host}:{port}: {e}") from e
-    return client
 
 
 @dataclass(frozen=True)
@@ -254,6 +166,10 @@ def gzip_problem(path: Path) -> str | None:
     return None if d.eof else "truncated gzip (the stream has no end)"
 
 
+def _get(sftp: paramiko.SFTPClient, remote: str, local: Path) -> None:
+    sftp.get(remote, str(local))  # prefetching: ~40x faster than reading the remote file in small pieces
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -287,17 +203,19 @@ class PartitionReader:
     Typing happens in staging from export_docs.yaml, so a value whose type drifts is never lost or rejected.
     """
 
-    def __init__(self, client: paramiko.SSHClient, workdir: Path | None = None) -> None:
-        # Downloads run on their own SFTP channel in a background thread, one partition ahead of the parse.
-        self.sftp = client.open_sftp()
+    def __init__(self, connection: SftpConnection, workdir: Path | None = None) -> None:
+        # Downloads run on their own SFTP channel in a background thread, one partition ahead of the parse; a
+        # file whose download the connection dropped is downloaded again on a new connection.
+        self.channel = SftpChannel(connection)
         self.workdir = Path(tempfile.mkdtemp(prefix="asapp-sftp-", dir=workdir))
         self.con = duckdb.connect()
         self.con.execute("set preserve_insertion_order = true")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftp-download")
 
     def close(self) -> None:
+        self.channel.abort()  # a download still waiting for the server gives up: the run is ending
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self.sftp.close()
+        self.channel.close()
         self.con.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -310,7 +228,8 @@ class PartitionReader:
         for f in files:
             # Remote names matched the documented pattern, so they are safe as local names.
             local = local_dir / f.name
-            self.sftp.get(f"{partition.path}/{f.name}", str(local))
+            remote = f"{partition.path}/{f.name}"
+            self.channel.run(f"downloading {remote}", partial(_get, remote=remote, local=local))
             paths.append(local)
             if f.gzip and problem is None and (why := gzip_problem(local)):
                 problem = f"{f.name}: {why}"

@@ -32,3 +32,9 @@ REJECTS_TABLE = "_rejects"
 # bounds memory however many partitions are waiting (4320 small partitions in one run peaked at 1.7 GB).
 DEFAULT_MAX_PARTITIONS_PER_RUN = 500
 MAX_LINE_BYTES = 256 * 1024 * 1024  # longest JSON line DuckDB is asked to read (its default is 16 MB)
+# A dropped connection (server restarted, connection reset) is re-opened and the operation retried: this many
+# attempts per operation, waiting 2 s, 4 s, 8 s... (with jitter) in between, about a minute in all.
+DEFAULT_RETRY_ATTEMPTS = 6
+DEFAULT_RETRY_WAIT_SECONDS = 2.0
+# Seconds without an answer from the server after which its connection counts as lost.
+DEFAULT_TIMEOUT_SECONDS = 60.0

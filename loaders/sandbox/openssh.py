@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -56,12 +58,33 @@ class Sshd:
         }
 
 
+def _descendants(pid: int) -> list[int]:
+    """Processes below pid (sshd's per-connection processes), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 class OpenSshServer:
-    """Starts /usr/sbin/sshd -D on a free port with keys generated in `directory`; stop() ends it."""
+    """Starts /usr/sbin/sshd -D on a free port with keys generated in `directory`; stop() ends it.
+
+    For fault tests: drop_connections() kills the processes serving the open connections (the client sees its
+    connection reset, the server still accepts new ones); stop(connections=True) then restart() is an outage."""
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.proc: subprocess.Popen[bytes] | None = None
+        self.endpoint: Sshd | None = None
 
     def start(self) -> Sshd:
         if not Path(SSHD).exists():
@@ -91,6 +114,24 @@ class OpenSshServer:
             "LogLevel ERROR",
         ]
         (d / "sshd_config").write_text("\n".join(config) + "\n")
+        self._launch(port)
+        (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {_public(host_key)}\n")
+        (d / "wrong_known_hosts").write_text(f"[127.0.0.1]:{port} {_public(other_host_key)}\n")
+        (d / "empty_known_hosts").write_text("")
+        self.endpoint = Sshd(
+            port,
+            getpass.getuser(),
+            client_key,
+            other_client_key,
+            d / "known_hosts",
+            d / "wrong_known_hosts",
+            d / "empty_known_hosts",
+            d,
+        )
+        return self.endpoint
+
+    def _launch(self, port: int) -> None:
+        d = self.dir
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=subprocess.PIPE)
@@ -106,21 +147,30 @@ class OpenSshServer:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise SshdError(f"sshd did not start: {err}")
             time.sleep(0.1)
-        (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {_public(host_key)}\n")
-        (d / "wrong_known_hosts").write_text(f"[127.0.0.1]:{port} {_public(other_host_key)}\n")
-        (d / "empty_known_hosts").write_text("")
-        return Sshd(
-            port,
-            getpass.getuser(),
-            client_key,
-            other_client_key,
-            d / "known_hosts",
-            d / "wrong_known_hosts",
-            d / "empty_known_hosts",
-            d,
-        )
 
-    def stop(self) -> None:
+    def drop_connections(self) -> int:
+        """Kill the processes serving open connections (SIGKILL: no goodbye to the client). How many."""
+        if self.proc is None:
+            return 0
+        pids = _descendants(self.proc.pid)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return len(pids)
+
+    def restart(self) -> None:
+        """Start again after stop(), same port and keys."""
+        if self.endpoint is None:
+            raise SshdError("restart() needs a server started once")
+        self._launch(self.endpoint.port)
+
+    def stop(self, connections: bool = False) -> None:
+        """End the server; with connections, also the open connections (an outage) instead of letting them run."""
         if self.proc is not None:
+            if connections:
+                self.drop_connections()
             self.proc.terminate()
             self.proc.wait(timeout=10)
+            if self.proc.stderr:
+                self.proc.stderr.close()
+            self.proc = None
