@@ -115,7 +115,10 @@ def _print_load_summary(stats: Any) -> None:
         for failure in s.failed:
             out.print(f"[red]failed[/] {feed} {escape(failure)} (retried by the next run)")
         if s.encrypted:
-            out.print(f"[yellow]{feed}: {len(s.encrypted)} encrypted partition(s) skipped: no decryptor configured[/]")
+            out.print(
+                f"[yellow]{feed}: {len(s.encrypted)} encrypted partition(s) skipped: no decryptor configured "
+                "(SOURCES__ASAPP_SFTP__GNUPG_HOME or __DECRYPT_COMMAND)[/]"
+            )
     if stats.schema_changes:
         out.print(
             f"[yellow]the server's export_docs.yaml differs from the project's ({len(stats.schema_changes)} "

@@ -31,6 +31,7 @@ from loaders.asapp_sftp.connection import (
     connect_sftp,
 )
 from loaders.asapp_sftp.helpers import (
+    Decryptor,
     Partition,
     PartitionError,
     PartitionReader,
@@ -144,6 +145,7 @@ def _feed_partitions(
     max_bad_lines: int,
     max_partitions: int,
     landed: dict[str, set[tuple[str, datetime]]],
+    decryptor: Decryptor | None,
     stats: LoadStats,
 ) -> Iterator[Any]:
     try:
@@ -166,17 +168,18 @@ def _feed_partitions(
         fstats.waiting = [p.key for p in listing.waiting]
         for p in listing.waiting:
             log.info("%s %s: no _SUCCESS yet, will be loaded by a later run", feed, p.key)
-        reader = PartitionReader(session.connection)
+        reader = PartitionReader(session.connection, decryptor)
         try:
             readable = []
             for partition, files in listing.ready:
                 encrypted = [f.name for f in files if f.encrypted]
-                if encrypted:
+                if encrypted and decryptor is None:
                     # never loaded as garbage; kept waiting (not recorded) until a decryptor is configured
                     fstats.encrypted.append(partition.key)
                     state["waiting"][partition.key] = state["waiting"].get(partition.key, now)
                     log.warning(
-                        "%s %s: encrypted files %s need a decryptor, which is not configured: skipped",
+                        "%s %s: encrypted files %s need a decryptor (SOURCES__ASAPP_SFTP__GNUPG_HOME or "
+                        "__DECRYPT_COMMAND), which is not configured: skipped",
                         feed,
                         partition.key,
                         encrypted,
@@ -275,6 +278,9 @@ def asapp_sftp(
     retry_attempts: int = settings.DEFAULT_RETRY_ATTEMPTS,
     retry_wait_seconds: float = settings.DEFAULT_RETRY_WAIT_SECONDS,
     timeout_seconds: float = settings.DEFAULT_TIMEOUT_SECONDS,
+    decrypt_command: str | None = None,
+    gnupg_home: str | None = None,
+    gnupg_passphrase: TSecretStrValue | None = dlt.secrets.value,
     landed: Any = None,
     stats: Any = None,
 ) -> list[DltResource]:
@@ -294,12 +300,17 @@ def asapp_sftp(
         retry_attempts, retry_wait_seconds: a dropped connection is re-opened and the interrupted listing or
             download retried, this many times, waiting retry_wait_seconds, then twice as long each time.
         timeout_seconds: a server silent for this long counts as a dropped connection.
+        decrypt_command, gnupg_home, gnupg_passphrase: how `.enc` files are decrypted: GnuPG (`gpg --batch
+            --decrypt`) with the keyring in gnupg_home (or decrypt_command "gpg": the default keyring) and the key's
+            passphrase; or any other command reading the encrypted file on stdin and writing the plain file to
+            stdout. Without either, partitions with `.enc` files are skipped and listed, never loaded as garbage.
         landed: feed -> {(version, partition time)} whose rows are already in the destination: never read again,
             even if dlt's local state lost them (a process killed between committing a package and its state).
         stats: a LoadStats to fill with the run's counts.
     """
     since_date = date.fromisoformat(since) if since else None
     run_stats: LoadStats = stats if stats is not None else LoadStats()
+    decryptor = Decryptor.configure(decrypt_command, gnupg_home, gnupg_passphrase)  # DecryptorError says what to fix
     connection = SftpConnection(
         lambda: connect_sftp(
             host,
@@ -348,6 +359,7 @@ def asapp_sftp(
                 max_bad_lines,
                 max_partitions,
                 landed or {},
+                decryptor,
                 run_stats,
             ),
             name=feed,

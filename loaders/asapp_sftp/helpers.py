@@ -6,7 +6,9 @@ import gzip
 import json
 import logging
 import os
+import shlex
 import shutil
+import subprocess
 import tempfile
 import zlib
 from collections import deque
@@ -166,6 +168,68 @@ def gzip_problem(path: Path) -> str | None:
     return None if d.eof else "truncated gzip (the stream has no end)"
 
 
+class DecryptorError(RuntimeError):
+    """The decryptor is configured in a way that cannot work (the message says how to fix it)."""
+
+
+@dataclass(frozen=True)
+class Decryptor:
+    """Decrypts `.enc` files ("doubly encrypted" exports) with a streaming command: the encrypted file on its
+    stdin, the plain bytes on its stdout, never held in memory. GnuPG by default: `gpg --batch --decrypt` with the
+    configured keyring; the key's passphrase goes to gpg on a pipe, never on a command line or in the environment.
+    """
+
+    command: tuple[str, ...]
+    passphrase: str | None = None
+
+    @classmethod
+    def configure(cls, command: str | None, gnupg_home: str | None, passphrase: str | None) -> Decryptor | None:
+        """None when nothing is configured (encrypted partitions are then skipped and listed)."""
+        if command and command.strip() != "gpg":
+            custom = tuple(shlex.split(command))
+            if not shutil.which(custom[0]):
+                raise DecryptorError(
+                    f"decrypt command {custom[0]!r} was not found (SOURCES__ASAPP_SFTP__DECRYPT_COMMAND)"
+                )
+            return cls(custom, passphrase=None)
+        if not command and not gnupg_home:
+            return None
+        gpg = shutil.which("gpg")
+        if gpg is None:
+            raise DecryptorError("GnuPG is configured for .enc files but `gpg` is not installed: apt-get install gnupg")
+        argv = [gpg, "--batch", "--quiet", "--no-tty", "--yes"]
+        if gnupg_home:
+            home = Path(gnupg_home).expanduser()
+            if not home.is_dir():
+                raise DecryptorError(f"GnuPG home {home} does not exist (SOURCES__ASAPP_SFTP__GNUPG_HOME)")
+            argv += ["--homedir", str(home)]
+        return cls((*argv, "--decrypt"), passphrase=passphrase or None)
+
+    def decrypt(self, source: Path, target: Path) -> str | None:
+        """Decrypt source into target; what went wrong, or None."""
+        argv = list(self.command)
+        read_end = None
+        if self.passphrase is not None:
+            read_end, write_end = os.pipe()
+            os.write(write_end, self.passphrase.encode() + b"\n")
+            os.close(write_end)
+            argv[1:1] = ["--pinentry-mode", "loopback", "--passphrase-fd", str(read_end)]
+        try:
+            with source.open("rb") as src, target.open("wb") as dst:
+                done = subprocess.run(
+                    argv, stdin=src, stdout=dst, stderr=subprocess.PIPE, pass_fds=(read_end,) if read_end else ()
+                )
+        except OSError as e:
+            return f"decryption failed ({e})"
+        finally:
+            if read_end is not None:
+                os.close(read_end)
+        if done.returncode != 0:
+            said = " ".join(done.stderr.decode("utf-8", errors="replace").split())[-300:]
+            return f"decryption failed ({Path(argv[0]).name} exit {done.returncode}: {said or 'no message'})"
+        return None
+
+
 def _get(sftp: paramiko.SFTPClient, remote: str, local: Path) -> None:
     sftp.get(remote, str(local))  # prefetching: ~40x faster than reading the remote file in small pieces
 
@@ -203,10 +267,13 @@ class PartitionReader:
     Typing happens in staging from export_docs.yaml, so a value whose type drifts is never lost or rejected.
     """
 
-    def __init__(self, connection: SftpConnection, workdir: Path | None = None) -> None:
+    def __init__(
+        self, connection: SftpConnection, decryptor: Decryptor | None = None, workdir: Path | None = None
+    ) -> None:
         # Downloads run on their own SFTP channel in a background thread, one partition ahead of the parse; a
         # file whose download the connection dropped is downloaded again on a new connection.
         self.channel = SftpChannel(connection)
+        self.decryptor = decryptor  # for .enc files, in the download thread too
         self.workdir = Path(tempfile.mkdtemp(prefix="asapp-sftp-", dir=workdir))
         self.con = duckdb.connect()
         self.con.execute("set preserve_insertion_order = true")
@@ -220,7 +287,7 @@ class PartitionReader:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _download(self, n: int, partition: Partition, files: list[DataFile]) -> tuple[list[Path], str | None]:
-        """The partition's files on local disk, and what is wrong with them (None when nothing is)."""
+        """The partition's files on local disk (decrypted), and what is wrong with them (None when nothing is)."""
         local_dir = self.workdir / f"p{n}"
         local_dir.mkdir()
         paths = []
@@ -230,6 +297,15 @@ class PartitionReader:
             local = local_dir / f.name
             remote = f"{partition.path}/{f.name}"
             self.channel.run(f"downloading {remote}", partial(_get, remote=remote, local=local))
+            if f.encrypted and problem is None:
+                if self.decryptor is None:  # listed as encrypted before download: not reached
+                    raise PartitionError(f"{f.name}: encrypted, and no decryptor is configured")
+                plain = local.with_name(f.name.removesuffix(".enc"))
+                why = self.decryptor.decrypt(local, plain)
+                local.unlink()
+                local = plain
+                if why:
+                    problem = f"{f.name}: {why}"
             paths.append(local)
             if f.gzip and problem is None and (why := gzip_problem(local)):
                 problem = f"{f.name}: {why}"
