@@ -114,6 +114,11 @@ def _print_load_summary(stats: Any) -> None:
     for feed, s in sorted(stats.feeds.items()):
         for failure in s.failed:
             out.print(f"[red]failed[/] {feed} {escape(failure)} (retried by the next run)")
+        for column, d in sorted(s.drift.items()):
+            out.print(
+                f"[yellow]type drift[/] {feed}.{column}: {d.values} value(s) are not {d.documented} as documented; "
+                f"kept as text in asapp_raw.{feed}, null in staging (its asapp_cast_failures test warns)"
+            )
         if s.encrypted:
             out.print(
                 f"[yellow]{feed}: {len(s.encrypted)} encrypted partition(s) skipped: no decryptor configured "

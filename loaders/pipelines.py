@@ -152,6 +152,8 @@ def load_asapp(
         options["max_bad_lines"] = max_bad_lines
     # once: later chunks of this load are in dlt's state; only an earlier, interrupted run can be missing from it
     options["landed"] = landed_partitions(pipeline)
+    docs = load_export_docs(runtime.project_dir() / "export_docs.yaml")
+    options["column_types"] = {feed.name: {c.name: c.type for c in feed.columns} for feed in docs}
     first = True
     while first or any(s.more for s in stats.feeds.values()):
         # a long backfill goes in chunks of max_partitions per feed, each committed before the next is read

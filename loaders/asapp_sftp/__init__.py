@@ -35,6 +35,7 @@ from loaders.asapp_sftp.helpers import (
     Partition,
     PartitionError,
     PartitionReader,
+    TypeDrift,
     fetch_export_docs,
     list_partitions,
 )
@@ -77,6 +78,7 @@ class FeedStats:
     more: bool = False  # more ready partitions than max_partitions: another run continues
     failed: list[str] = field(default_factory=list)  # partitions skipped for a corrupt file (retried next run)
     encrypted: list[str] = field(default_factory=list)  # partitions skipped: .enc and no decryptor
+    drift: dict[str, TypeDrift] = field(default_factory=dict)  # column -> values not of its documented type
 
 
 @dataclass
@@ -146,6 +148,7 @@ def _feed_partitions(
     max_partitions: int,
     landed: dict[str, set[tuple[str, datetime]]],
     decryptor: Decryptor | None,
+    types: dict[str, str] | None,
     stats: LoadStats,
 ) -> Iterator[Any]:
     try:
@@ -192,7 +195,7 @@ def _feed_partitions(
                 try:
                     if problem:
                         raise PartitionError(problem)
-                    yield from _read_partition(reader, partition, files, paths, fstats, max_bad_lines)
+                    yield from _read_partition(reader, partition, files, paths, fstats, max_bad_lines, types)
                 except PartitionError as e:
                     # nothing of it was yielded: not recorded as loaded but kept waiting, so the next run lists
                     # it again however far the other partitions have moved on
@@ -222,10 +225,11 @@ def _read_partition(
     paths: list[Path],
     fstats: FeedStats,
     max_bad_lines: int,
+    types: dict[str, str] | None,
 ) -> Iterator[Any]:
     prepared = reader.prepare(files, paths, max_bad_lines)  # raises PartitionError before anything is yielded
     loaded_at = datetime.now(UTC)
-    for batch in reader.read(partition, prepared, loaded_at):
+    for batch in reader.read(partition, prepared, loaded_at, types, fstats.drift):
         fstats.rows += batch.num_rows
         yield batch
     if prepared.rejects:
@@ -281,6 +285,7 @@ def asapp_sftp(
     decrypt_command: str | None = None,
     gnupg_home: str | None = None,
     gnupg_passphrase: TSecretStrValue | None = dlt.secrets.value,
+    column_types: Any = None,
     landed: Any = None,
     stats: Any = None,
 ) -> list[DltResource]:
@@ -304,6 +309,8 @@ def asapp_sftp(
             --decrypt`) with the keyring in gnupg_home (or decrypt_command "gpg": the default keyring) and the key's
             passphrase; or any other command reading the encrypted file on stdin and writing the plain file to
             stdout. Without either, partitions with `.enc` files are skipped and listed, never loaded as garbage.
+        column_types: feed -> {column: canonical type} from export_docs.yaml: values that do not cast to their
+            type are counted (FeedStats.drift) and still land, as text.
         landed: feed -> {(version, partition time)} whose rows are already in the destination: never read again,
             even if dlt's local state lost them (a process killed between committing a package and its state).
         stats: a LoadStats to fill with the run's counts.
@@ -360,6 +367,7 @@ def asapp_sftp(
                 max_partitions,
                 landed or {},
                 decryptor,
+                (column_types or {}).get(feed),
                 run_stats,
             ),
             name=feed,

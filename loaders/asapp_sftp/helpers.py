@@ -242,6 +242,28 @@ def _sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+@dataclass
+class TypeDrift:
+    """Values of a column that do not cast to its documented type, in this run."""
+
+    documented: str
+    values: int = 0
+
+
+def _cast(column: str, canonical: str) -> str:
+    """DuckDB expression casting a raw text column to its canonical type, null when it does not cast: the rule of
+    the asapp_cast macro (macros/asapp_cast.sql) that staging applies."""
+    v = _quote(column)
+    if canonical == "timestamp":
+        return (
+            f"coalesce(try_cast({v} as timestamptz), try_cast({v} as timestamp), "
+            f"try_strptime(left({v}, 19), '%Y-%m-%d %H:%M:%S'), try_strptime(left({v}, 19), '%Y-%m-%dT%H:%M:%S'))"
+        )
+    if canonical == "date":
+        return f"try_cast(left({v}, 10) as date)"
+    return f"try_cast({v} as {canonical})"
+
+
 NOT_AN_OBJECT = "__asapp_not_a_json_object__"  # reported by the first pass for a line that is not an object
 REJECT_MARK = "_asapp_rejected"  # marker row standing in for a rejected (1) or blank (0) line
 
@@ -403,11 +425,21 @@ class PartitionReader:
             )
         return prepared
 
-    def read(self, partition: Partition, prepared: PreparedPartition, loaded_at: datetime) -> Iterator[pa.RecordBatch]:
-        """The prepared partition's rows in Arrow batches (every value as text, lineage columns added)."""
+    def read(
+        self,
+        partition: Partition,
+        prepared: PreparedPartition,
+        loaded_at: datetime,
+        types: dict[str, str] | None = None,
+        drift: dict[str, TypeDrift] | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """The prepared partition's rows in Arrow batches (every value as text, lineage columns added). With the
+        feed's documented types, values that will not cast to theirs are counted into drift (type drift: the
+        value still lands, as text; staging makes it null and its asapp_cast_failures test warns)."""
         for f, path, gz, keys in prepared.files:
             if not keys:
                 continue
+            checks = {k: types[k] for k in keys if types and types.get(k, "varchar") != "varchar"}
             source = _sql_str(str(path))
             compression = "'gzip'" if gz else "'uncompressed'"
             marked = path.name.endswith(".clean.jsonl")
@@ -428,4 +460,25 @@ class PartitionReader:
                 f"maximum_object_size={settings.MAX_LINE_BYTES}))"
                 + (f" where {_quote(REJECT_MARK)} is null" if marked else "")
             )
-            yield from self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS)
+            for batch in self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS):
+                if checks and drift is not None:
+                    self._count_drift(batch, checks, drift)
+                yield batch
+
+    def _count_drift(self, batch: pa.RecordBatch, checks: dict[str, str], drift: dict[str, TypeDrift]) -> None:
+        """Count the batch's values that do not cast to their documented type (the rule of staging on DuckDB)."""
+        columns = list(checks)
+        counts = (
+            self.con.from_arrow(pa.Table.from_batches([batch]))
+            .aggregate(
+                ", ".join(
+                    f"count(*) filter (where {_quote(c)} is not null and {_cast(c, checks[c])} is null)"
+                    for c in columns
+                )
+            )
+            .fetchone()
+        )
+        for column, n in zip(columns, counts or (), strict=True):
+            if n:
+                found = drift.setdefault(column, TypeDrift(checks[column]))
+                found.values += int(n)

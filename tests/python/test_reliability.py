@@ -176,3 +176,27 @@ def test_very_long_line_loads_whole(exports: Path, warehouse: Warehouse) -> None
         ("1", 11_000_000),
         ("2", 22_000_000),
     ]
+
+
+def test_type_drift_loads_every_value_and_the_summary_says_so(exports: Path, warehouse: Warehouse) -> None:
+    write_partition(
+        exports,
+        "convos_intents",
+        T0,
+        [
+            {"issue_id": 1, "disambig_count": 2, "ftd_visit": True, "instance_ts": "2026-11-01 10:00:00"},
+            {"issue_id": 2, "disambig_count": "3", "ftd_visit": "false", "instance_ts": "2026-11-01T10:00:01+00:00"},
+            {"issue_id": 3, "disambig_count": "three", "ftd_visit": "maybe", "instance_ts": 1762000000},
+            {"issue_id": 4, "disambig_count": {"n": 4}, "ftd_visit": None, "instance_ts": "yesterday"},
+        ],
+    )
+    result = elt("load", "asapp")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = " ".join(result.stdout.split())
+    # a number sent as a JSON string still casts: not drift; values that cannot cast are, and are counted
+    assert "type drift convos_intents.disambig_count: 2 value(s) are not bigint" in summary
+    assert "type drift convos_intents.ftd_visit: 1 value(s) are not boolean" in summary
+    assert "type drift convos_intents.instance_ts: 2 value(s) are not timestamp" in summary
+    assert "convos_intents.issue_id" not in summary
+    landed = query(warehouse, "select issue_id, disambig_count from asapp_raw.convos_intents order by issue_id")
+    assert landed == [("1", "2"), ("2", "3"), ("3", "three"), ("4", '{"n":4}')]  # nothing lost
