@@ -22,12 +22,15 @@ ASAPP_PIPELINE = "asapp_sftp"
 ASAPP_DATASET = "asapp_raw"
 
 
-def finish_pending(pipeline: Any, row_key: Sequence[str] | None = None) -> None:
+RowKey = Callable[[str], Sequence[str] | None]  # table -> columns unique per row (None: not checked)
+
+
+def finish_pending(pipeline: Any, row_key: RowKey | None = None) -> None:
     """A package extracted by an interrupted run is loaded before anything new is read (nothing lost).
 
     dlt's append loads are at least once: a process killed after a job's insert committed but before the job was
-    marked done runs that job again. With row_key (columns unique per row), the rows of the packages finished
-    here are then made unique again, so every row lands exactly once."""
+    marked done runs that job again. With row_key (the columns unique per row of each table), the rows of the
+    packages finished here are then made unique again, so every row lands exactly once."""
     if not pipeline.has_pending_data:
         return
     load_ids = [*pipeline.list_extracted_load_packages(), *pipeline.list_normalized_load_packages()]
@@ -35,10 +38,11 @@ def finish_pending(pipeline: Any, row_key: Sequence[str] | None = None) -> None:
     pipeline.normalize()
     pipeline.load()
     if row_key and load_ids:
-        _dedupe_loads(pipeline, load_ids, row_key)
+        dedupe_loads(pipeline, load_ids, row_key)
 
 
-def _dedupe_loads(pipeline: Any, load_ids: list[str], row_key: Sequence[str]) -> None:
+def dedupe_loads(pipeline: Any, load_ids: list[str], row_key: RowKey) -> None:
+    """Delete the second and later copies of rows (same row_key) that the packages load_ids inserted."""
     engine = runtime.target()
     row_id = {"duckdb": "rowid", "motherduck": "rowid", "postgres": "ctid"}.get(engine)
     if row_id is None:
@@ -48,7 +52,7 @@ def _dedupe_loads(pipeline: Any, load_ids: list[str], row_key: Sequence[str]) ->
     with pipeline.sql_client() as client:
         for table in pipeline.default_schema.data_tables():
             columns = table.get("columns", {})
-            key = [c for c in row_key if c in columns] if table["name"] != "_rejects" else ["partition", "file", "line"]
+            key = [c for c in row_key(table["name"]) or () if c in columns]
             if not key or "_dlt_load_id" not in columns:
                 continue
             name = client.make_qualified_table_name(table["name"])
@@ -60,6 +64,22 @@ def _dedupe_loads(pipeline: Any, load_ids: list[str], row_key: Sequence[str]) ->
                 )
             except Exception as e:  # a table the interrupted packages never created
                 log.debug("no duplicate check for %s: %s", table["name"], e)
+
+
+def asapp_row_key(table: str) -> Sequence[str]:
+    """A raw feed row is the line of a file of a partition; a reject too."""
+    if table == "_rejects":
+        return ("partition", "file", "line")
+    return ("_asapp_version", "_asapp_partition_at", "_asapp_file", "_asapp_line")
+
+
+APSIS_ROW_KEYS = {
+    "profiles": ("export_id", "profile_key"),
+    "profile_attributes": ("export_id", "profile_key", "section_id", "attribute_id"),
+    "profile_tags": ("export_id", "profile_key", "section_id", "tag_id"),
+    "events": ("export_id", "profile_key", "section_id", "event_index"),
+    "exports": ("export_id",),
+}
 
 
 class SchemaDriftError(RuntimeError):
@@ -145,7 +165,7 @@ def load_asapp(
     With strict, a server export_docs.yaml that differs from the project's stops the run before anything loads.
     """
     pipeline = runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET)
-    finish_pending(pipeline, row_key=("_asapp_version", "_asapp_partition_at", "_asapp_file", "_asapp_line"))
+    finish_pending(pipeline, row_key=asapp_row_key)
     stats = LoadStats(on_progress=on_progress)
     options: dict[str, Any] = {"feeds": list(feeds) if feeds else None, "since": since, "stats": stats}
     if max_bad_lines is not None:  # else the configured (or default) value
@@ -180,7 +200,7 @@ APSIS_DATASET = "apsis_raw"
 def load_apsis(start_at: str | None = None, end_at: str | None = None) -> ApsisStats:
     """APSIS One export -> apsis_raw. Returns the run's counts."""
     pipeline = runtime.pipeline(APSIS_PIPELINE, APSIS_DATASET)
-    finish_pending(pipeline)
+    finish_pending(pipeline, row_key=APSIS_ROW_KEYS.get)
     stats = ApsisStats()
     info = pipeline.run(apsis(start_at=start_at, end_at=end_at, stats=stats), loader_file_format="parquet")
     log.info("%s", info)

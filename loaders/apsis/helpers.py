@@ -364,6 +364,7 @@ SCHEMAS = {
             ("source_event_time", TS),
             ("created_at", TS),
             ("data", pa.string()),
+            ("event_index", pa.int64()),  # position in the profile's section: with export_id, the row's identity
             ("export_id", pa.string()),
         ]
     ),
@@ -425,7 +426,7 @@ def parse_export(
                             value_type=_value_type(value),
                             export_id=export_id,
                         )
-                for event in section.get("events") or []:
+                for index, event in enumerate(section.get("events") or []):
                     buffers["events"].add(
                         profile_key=profile_key,
                         section_id=section_id,
@@ -434,6 +435,7 @@ def parse_export(
                         source_event_time=_ms_to_datetime(event.get("sourceEventTime")),
                         created_at=_ms_to_datetime(event.get("createdAt")),
                         data=None if event.get("data") is None else _json_text(event.get("data")),
+                        event_index=index,
                         export_id=export_id,
                     )
             for name, buffer in buffers.items():
