@@ -299,6 +299,8 @@ class PartitionReader:
         self.workdir = Path(tempfile.mkdtemp(prefix="asapp-sftp-", dir=workdir))
         self.con = duckdb.connect()
         self.con.execute("set preserve_insertion_order = true")
+        # Its own connection: a query on self.con would end the result stream read() is handing out.
+        self.drift_con = duckdb.connect()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftp-download")
 
     def close(self) -> None:
@@ -306,6 +308,7 @@ class PartitionReader:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.channel.close()
         self.con.close()
+        self.drift_con.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _download(self, n: int, partition: Partition, files: list[DataFile]) -> tuple[list[Path], str | None]:
@@ -469,7 +472,7 @@ class PartitionReader:
         """Count the batch's values that do not cast to their documented type (the rule of staging on DuckDB)."""
         columns = list(checks)
         counts = (
-            self.con.from_arrow(pa.Table.from_batches([batch]))
+            self.drift_con.from_arrow(pa.Table.from_batches([batch]))
             .aggregate(
                 ", ".join(
                     f"count(*) filter (where {_quote(c)} is not null and {_cast(c, checks[c])} is null)"

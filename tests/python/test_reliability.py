@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from loaders.asapp_sftp import settings
 from loaders.pipelines import load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
 from loaders.sandbox.openssh import Sshd
@@ -200,3 +201,21 @@ def test_type_drift_loads_every_value_and_the_summary_says_so(exports: Path, war
     assert "convos_intents.issue_id" not in summary
     landed = query(warehouse, "select issue_id, disambig_count from asapp_raw.convos_intents order by issue_id")
     assert landed == [("1", "2"), ("2", "3"), ("3", "three"), ("4", '{"n":4}')]  # nothing lost
+
+
+def test_a_file_of_many_arrow_batches_lands_whole_and_each_batch_is_checked_for_drift(
+    exports: Path, warehouse: Warehouse
+) -> None:
+    n = 2 * settings.BATCH_ROWS + 10  # three Arrow batches
+    directory = partition_dir(exports, "convos_intents", T0)
+    directory.mkdir(parents=True)
+    with (directory / "convos_intents.jsonl").open("w") as f:
+        for i in range(n):
+            count = "-1" if i < n - 1 else '"many"'
+            f.write(f'{{"issue_id":{i},"disambig_count":{count}}}\n')
+    (directory / "_SUCCESS").write_bytes(b"")
+    stats = load_asapp()
+    assert stats.feeds["convos_intents"].rows == n
+    assert query(warehouse, "select count(*), count(distinct issue_id) from asapp_raw.convos_intents") == [(n, n)]
+    drift = stats.feeds["convos_intents"].drift
+    assert set(drift) == {"disambig_count"} and drift["disambig_count"].values == 1  # found in the last batch
