@@ -12,6 +12,7 @@ small loader gives the documented back-off, per-item outcomes and change detecti
 
 from __future__ import annotations
 
+import gc
 import logging
 import uuid
 from collections.abc import Callable
@@ -149,10 +150,14 @@ def push(dry_run: bool = False, on_batch: Callable[[int, int], None] | None = No
     if to_send:
         client = MetadataClient(*_api_config())
         batches = [to_send[i : i + settings.BATCH_SIZE] for i in range(0, len(to_send), settings.BATCH_SIZE)]
+        # The objects alive now (dlt, the mart's rows, the items) are never garbage: without freezing them, each
+        # full collection walked them all while requests were in flight (~100 ms pauses, a third of the rate).
+        gc.freeze()
         try:
-            for n, batch in enumerate(batches, 1):
+            # a few batches in flight at once (the rate limiter still spaces the requests): one at a time, each
+            # request's round trip and the server's work on it would cap the push far below the spike limit
+            for n, batch, outcomes in client.post_batches([[item for item, _ in b] for b in batches], batches):
                 batch_id = f"{run_id}-{n}"
-                outcomes = client.post_batch([item for item, _ in batch])
                 for (_, base), outcome in zip(batch, outcomes, strict=True):
                     log_rows.append(
                         {
@@ -177,6 +182,7 @@ def push(dry_run: bool = False, on_batch: Callable[[int, int], None] | None = No
                 if on_batch:
                     on_batch(n, len(batches))
         finally:  # what was sent is logged even when a later batch stops the run
+            gc.unfreeze()
             _write_log(pipeline, log_rows)
     else:
         _write_log(pipeline, log_rows)

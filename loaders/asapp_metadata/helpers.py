@@ -9,11 +9,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
+import jsonschema_rs
+import orjson
 import requests
 import yaml
 from openapi_schema_validator import OAS30Validator
@@ -21,6 +25,8 @@ from openapi_schema_validator import OAS30Validator
 from loaders.asapp_metadata import settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class PushError(RuntimeError):
@@ -32,12 +38,11 @@ def spec() -> dict[str, Any]:
     return yaml.safe_load(settings.SPEC_PATH.read_text(encoding="utf-8"))
 
 
-@cache
-def item_validator() -> OAS30Validator:
+def _item_schema() -> dict[str, Any]:
     """The spec's item schema, with its patterns anchored: the published ones ('[a-zA-Z0-9\\-\\_]+') match any
     string holding one such character; the service expects the whole value to match."""
     body = spec()["paths"][settings.ENDPOINT]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    schema = copy.deepcopy(body["properties"]["items"]["items"])
+    schema: dict[str, Any] = copy.deepcopy(body["properties"]["items"]["items"])
 
     def anchor(node: Any) -> None:
         if isinstance(node, dict):
@@ -50,11 +55,38 @@ def item_validator() -> OAS30Validator:
                 anchor(value)
 
     anchor(schema)
-    return OAS30Validator(schema, format_checker=OAS30Validator.FORMAT_CHECKER)
+    return schema
+
+
+@cache
+def item_validator() -> OAS30Validator:
+    """Lists every reason an item breaks the spec (slow: used for the items the fast check refuses)."""
+    return OAS30Validator(_item_schema(), format_checker=OAS30Validator.FORMAT_CHECKER)
+
+
+def json_schema(openapi_schema: Any) -> Any:
+    """An OpenAPI 3.0 schema as plain JSON Schema (`nullable: true` becomes a type that admits null), for
+    jsonschema-rs."""
+    if isinstance(openapi_schema, list):
+        return [json_schema(v) for v in openapi_schema]
+    if not isinstance(openapi_schema, dict):
+        return openapi_schema
+    out = {k: json_schema(v) for k, v in openapi_schema.items() if k not in ("nullable", "example")}
+    if openapi_schema.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+@cache
+def _fast_item_check() -> Any:
+    """The same item schema, checked by jsonschema-rs (Rust): ~1 us an item instead of ~450 us. The reasons for
+    an item it refuses are listed by item_validator."""
+    return jsonschema_rs.validator_for(json_schema(_item_schema()), validate_formats=True)
 
 
 def validate_item(item: dict[str, Any]) -> list[str]:
-    """Every reason the item breaks the spec (empty when valid)."""
+    if _fast_item_check().is_valid(item):
+        return []
     errors = []
     for error in sorted(item_validator().iter_errors(item), key=lambda e: [str(p) for p in e.absolute_path]):
         where = ".".join(str(p) for p in error.absolute_path) or "item"
@@ -126,14 +158,48 @@ class MetadataClient:
         *,
         rate: float = settings.MAX_REQUESTS_PER_SECOND,
         sleep: Callable[[float], None] = time.sleep,
+        concurrency: int = settings.CONCURRENT_REQUESTS,
     ) -> None:
         self.url = base_url.rstrip("/") + settings.ENDPOINT
-        self.session = requests.Session()
-        self.session.headers.update(
-            {"asapp-api-id": api_id, "asapp-api-secret": api_secret, "Content-Type": "application/json"}
-        )
+        self._headers = {"asapp-api-id": api_id, "asapp-api-secret": api_secret, "Content-Type": "application/json"}
+        self._local = threading.local()  # a requests.Session per sending thread
         self.limiter = RateLimiter(rate)
         self.sleep = sleep
+        self.concurrency = concurrency
+
+    @property
+    def session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers.update(self._headers)
+        return session
+
+    def post_batches(
+        self, batches: list[list[dict[str, Any]]], tags: Sequence[T]
+    ) -> Iterator[tuple[int, T, list[ItemOutcome]]]:
+        """(batch number from 1, its tag, its outcomes) for every batch, in order, with up to `concurrency` requests
+        in flight. When one batch raises (refused credentials), no further batch is sent; the batches already in
+        flight are still yielded (so they are logged) before the error is raised."""
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="asapp-push") as pool:
+            pending: deque[tuple[int, T, Future[list[ItemOutcome]]]] = deque()
+            queue = iter(enumerate(zip(batches, tags, strict=True), 1))
+            error: BaseException | None = None
+            while True:
+                while error is None and len(pending) < self.concurrency and (item := next(queue, None)):
+                    n, (batch, tag) = item
+                    pending.append((n, tag, pool.submit(self.post_batch, batch)))
+                if not pending:
+                    break
+                n, tag, future = pending.popleft()
+                try:
+                    outcomes = future.result()
+                except PushError as e:
+                    error = error or e
+                    continue
+                yield n, tag, outcomes
+            if error is not None:
+                raise error
 
     def post_batch(self, items: list[dict[str, Any]]) -> list[ItemOutcome]:
         """Send one batch; retry 429 (1 s, 2 s, 4 s) and 5xx (250 ms, 500 ms, 1 s); never other 4xx."""
@@ -142,7 +208,7 @@ class MetadataClient:
             self.limiter.wait()
             try:
                 response = self.session.post(
-                    self.url, data=json.dumps({"items": items}), timeout=settings.REQUEST_TIMEOUT_S
+                    self.url, data=orjson.dumps({"items": items}), timeout=settings.REQUEST_TIMEOUT_S
                 )
             except requests.RequestException as e:
                 if attempt_5xx < len(settings.RETRY_5XX_S):
@@ -172,7 +238,7 @@ class MetadataClient:
             return [ItemOutcome(i["eventId"], "already_persisted", status, "") for i in items]
         if status in (200, 400):
             try:
-                body = response.json()
+                body = orjson.loads(response.content)
                 results = {r.get("eventId"): r.get("error") or "" for r in body.get("results") or []}
             except (ValueError, AttributeError):
                 body, results = {}, {}

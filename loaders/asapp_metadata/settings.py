@@ -7,6 +7,7 @@ SPEC_PATH = Path(__file__).with_name("openapi.yml")  # ASAPP's published Metadat
 ENDPOINT = "/metadata-ingestion/v1/many-customer-metadata"
 BATCH_SIZE = 1000  # maxItems of the request's items
 MAX_REQUESTS_PER_SECOND = 100.0  # spike limit
+CONCURRENT_REQUESTS = 4  # batches in flight at once (still spaced by the spike limit)
 RETRY_429_S = (1.0, 2.0, 4.0)
 RETRY_5XX_S = (0.25, 0.5, 1.0)
 REQUEST_TIMEOUT_S = 60.0
