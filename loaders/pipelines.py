@@ -82,6 +82,19 @@ APSIS_ROW_KEYS = {
 }
 
 
+class DocumentedTypes:
+    """feed -> {column: canonical type} from the project's export_docs.yaml, read on the first .get()."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, dict[str, str]] | None = None
+
+    def get(self, feed: str) -> dict[str, str] | None:
+        if self._types is None:
+            docs = load_export_docs(runtime.project_dir() / "export_docs.yaml")
+            self._types = {f.name: {c.name: c.type for c in f.columns} for f in docs}
+        return self._types.get(feed)
+
+
 class SchemaDriftError(RuntimeError):
     """The server's export_docs.yaml differs from the project's (with --strict)."""
 
@@ -172,8 +185,7 @@ def load_asapp(
         options["max_bad_lines"] = max_bad_lines
     # once: later chunks of this load are in dlt's state; only an earlier, interrupted run can be missing from it
     options["landed"] = landed_partitions(pipeline)
-    docs = load_export_docs(runtime.project_dir() / "export_docs.yaml")
-    options["column_types"] = {feed.name: {c.name: c.type for c in feed.columns} for feed in docs}
+    options["column_types"] = DocumentedTypes()
     first = True
     while first or any(s.more for s in stats.feeds.values()):
         # a long backfill goes in chunks of max_partitions per feed, each committed before the next is read

@@ -148,7 +148,7 @@ def _feed_partitions(
     max_partitions: int,
     landed: dict[str, set[tuple[str, datetime]]],
     decryptor: Decryptor | None,
-    types: dict[str, str] | None,
+    column_types: Any,
     stats: LoadStats,
 ) -> Iterator[Any]:
     try:
@@ -191,6 +191,8 @@ def _feed_partitions(
                     readable.append((partition, files))
             fstats.more = len(readable) > max_partitions
             readable = readable[:max_partitions]  # oldest first: the rest in the next run of this load
+            # looked up only when something is read: a run with nothing new does not parse export_docs.yaml
+            types = column_types.get(feed) if column_types is not None and readable else None
             for partition, files, paths, problem in reader.downloaded(readable):
                 try:
                     if problem:
@@ -309,8 +311,9 @@ def asapp_sftp(
             --decrypt`) with the keyring in gnupg_home (or decrypt_command "gpg": the default keyring) and the key's
             passphrase; or any other command reading the encrypted file on stdin and writing the plain file to
             stdout. Without either, partitions with `.enc` files are skipped and listed, never loaded as garbage.
-        column_types: feed -> {column: canonical type} from export_docs.yaml: values that do not cast to their
-            type are counted (FeedStats.drift) and still land, as text.
+        column_types: feed -> {column: canonical type} from export_docs.yaml (anything with .get(feed), asked
+            only when the feed has partitions to read): values that do not cast to their type are counted
+            (FeedStats.drift) and still land, as text.
         landed: feed -> {(version, partition time)} whose rows are already in the destination: never read again,
             even if dlt's local state lost them (a process killed between committing a package and its state).
         stats: a LoadStats to fill with the run's counts.
@@ -367,7 +370,7 @@ def asapp_sftp(
                 max_partitions,
                 landed or {},
                 decryptor,
-                (column_types or {}).get(feed),
+                column_types,
                 run_stats,
             ),
             name=feed,

@@ -299,13 +299,17 @@ class PartitionReader:
         self.workdir = Path(tempfile.mkdtemp(prefix="asapp-sftp-", dir=workdir))
         self.con = duckdb.connect()
         self.con.execute("set preserve_insertion_order = true")
-        # Its own connection: a query on self.con would end the result stream read() is handing out.
+        # Type drift is counted on its own connection (a query on self.con would end the result stream read() is
+        # handing out) in its own thread, beside dlt writing the same batches: DuckDB releases the GIL.
         self.drift_con = duckdb.connect()
+        self._drift_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="type-drift")
+        self._drift_pending: deque[Future[None]] = deque()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftp-download")
 
     def close(self) -> None:
         self.channel.abort()  # a download still waiting for the server gives up: the run is ending
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._drift_pool.shutdown(wait=True)
         self.channel.close()
         self.con.close()
         self.drift_con.close()
@@ -465,8 +469,16 @@ class PartitionReader:
             )
             for batch in self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS):
                 if checks and drift is not None:
-                    self._count_drift(batch, checks, drift)
+                    while len(self._drift_pending) > 2:  # a bounded queue: batches are not held in memory
+                        self._drift_pending.popleft().result()
+                    self._drift_pending.append(self._drift_pool.submit(self._count_drift, batch, checks, drift))
                 yield batch
+        self.settle_drift()  # the partition's counts are complete when its last row is handed out
+
+    def settle_drift(self) -> None:
+        """Wait for the drift counts still running."""
+        while self._drift_pending:
+            self._drift_pending.popleft().result()
 
     def _count_drift(self, batch: pa.RecordBatch, checks: dict[str, str], drift: dict[str, TypeDrift]) -> None:
         """Count the batch's values that do not cast to their documented type (the rule of staging on DuckDB)."""

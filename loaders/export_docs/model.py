@@ -223,7 +223,8 @@ def parse_export_docs(document: dict[str, Any]) -> ExportDocs:
 def load_export_docs(path: str | Path) -> ExportDocs:
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # libyaml's loader when PyYAML has it: the pure-Python one takes ~1.2 s on the 43 feeds, every run
+        document = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except FileNotFoundError as e:
         raise ExportDocsError(f"{path} not found") from e
     except yaml.YAMLError as e:
