@@ -106,3 +106,12 @@ def elt(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [ELT, *args], cwd=PROJECT, env=dict(os.environ), capture_output=True, text=True, timeout=timeout
     )
+
+
+def key_copy(key: Path, path: Path, mode: int = 0o600, passphrase: str | None = None) -> Path:
+    """A copy of a private key at path, with these permissions, encrypted with passphrase when given."""
+    path.write_bytes(key.read_bytes())
+    path.chmod(mode)
+    if passphrase is not None:
+        subprocess.run(["ssh-keygen", "-q", "-p", "-N", passphrase, "-f", str(path)], check=True)
+    return path

@@ -42,21 +42,25 @@ def _tree(root: Path) -> int:
     return total
 
 
-@pytest.mark.slow
-def test_sigkill_at_any_point_then_rerun_loads_everything_exactly_once(exports: Path, warehouse: Warehouse) -> None:
-    expected = _tree(exports)
-    env = dict(os.environ)
-    # kill the load at staggered moments: while listing and downloading, extracting, normalizing and loading
+def kill_at(args: list[str], env: dict[str, str], delays: tuple[float, ...]) -> int:
+    """Start the command once per delay and SIGKILL it after that long if still running; how many were killed."""
     kills = 0
-    for delay in (0.8, 1.6, 2.4, 3.2, 4.5, 6.0):
-        proc = subprocess.Popen(
-            [ELT, "load", "asapp"], cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+    for delay in delays:
+        proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
+    return kills
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_point_then_rerun_loads_everything_exactly_once(exports: Path, warehouse: Warehouse) -> None:
+    expected = _tree(exports)
+    env = dict(os.environ)
+    # kill the load at staggered moments: while listing and downloading, extracting, normalizing and loading
+    kills = kill_at([ELT, "load", "asapp"], env, (0.8, 1.6, 2.4, 3.2, 4.5, 6.0))
     assert kills >= 3, "the load finished too fast to be interrupted: make the tree bigger"
     final = subprocess.run([ELT, "load", "asapp"], cwd=PROJECT, env=env, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
@@ -130,14 +134,7 @@ def test_apsis_load_killed_at_any_point_then_rerun_loads_each_export_exactly_onc
             monkeypatch.setenv(k, v)
         env = dict(os.environ)
         args = [ELT, "load", "apsis", "--start-at", "2026-11-01", "--end-at", "2026-11-02"]
-        kills = 0
-        for delay in (1.5, 2.5, 3.5, 4.5, 6.0, 8.0):
-            proc = subprocess.Popen(args, cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(delay)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-            proc.wait()
+        kills = kill_at(args, env, (1.5, 2.5, 3.5, 4.5, 6.0, 8.0))
         assert kills >= 3, "the load finished too fast to be interrupted: make the export bigger"
         final = subprocess.run(args, cwd=PROJECT, env=env, capture_output=True, text=True)
         assert final.returncode == 0, final.stderr

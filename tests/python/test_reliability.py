@@ -4,7 +4,6 @@ retried; encrypted files are never loaded as garbage; key permissions are checke
 from __future__ import annotations
 
 import gzip
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from loaders.asapp_sftp import settings
 from loaders.pipelines import load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
 from loaders.sandbox.openssh import Sshd
-from tests.python.helpers import Warehouse, elt, query, scalar
+from tests.python.helpers import Warehouse, elt, key_copy, query, scalar
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 
@@ -82,9 +81,7 @@ def test_encrypted_partition_is_skipped_not_loaded(exports: Path, warehouse: War
 def test_world_readable_private_key_is_warned_about(
     exports: Path, warehouse: Warehouse, sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = tmp_path / "loose_key"
-    key.write_bytes(sshd.client_key.read_bytes())
-    key.chmod(0o644)
+    key = key_copy(sshd.client_key, tmp_path / "loose_key", mode=0o644)
     monkeypatch.setenv("SOURCES__ASAPP_SFTP__PRIVATE_KEY_PATH", str(key))
     write_partition(exports, "convos_intents", T0, rows(1, 1))
     result = elt("load", "asapp")
@@ -95,10 +92,7 @@ def test_world_readable_private_key_is_warned_about(
 def test_passphrase_is_required_and_never_printed(
     exports: Path, warehouse: Warehouse, sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = tmp_path / "protected_key"
-    key.write_bytes(sshd.client_key.read_bytes())
-    key.chmod(0o600)
-    subprocess.run(["ssh-keygen", "-q", "-p", "-N", "right-horse-battery", "-f", str(key)], check=True)
+    key = key_copy(sshd.client_key, tmp_path / "protected_key", passphrase="right-horse-battery")
     monkeypatch.setenv("SOURCES__ASAPP_SFTP__PRIVATE_KEY_PATH", str(key))
     write_partition(exports, "convos_intents", T0, rows(1, 1))
 

@@ -5,7 +5,6 @@ dbt's logs) is searched for the secret values."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from loaders.sandbox.apsis_emulator import ApsisEmulator
 from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
 from loaders.sandbox.exports import CUSTOMERS, generate_tree
 from loaders.sandbox.openssh import Sshd
-from tests.python.helpers import Warehouse, elt, scalar
+from tests.python.helpers import Warehouse, elt, key_copy, scalar
 
 SECRETS = {
     "SOURCES__ASAPP_SFTP__PRIVATE_KEY_PASSPHRASE": "ssh-pass-7f3a9c1e",
@@ -27,11 +26,8 @@ SECRETS = {
 def test_no_secret_in_any_output_trace_database_or_docs_site(
     exports: Path, warehouse: Warehouse, sshd: Sshd, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = tmp_path / "protected_key"
-    key.write_bytes(sshd.client_key.read_bytes())
-    key.chmod(0o600)
     passphrase = SECRETS["SOURCES__ASAPP_SFTP__PRIVATE_KEY_PASSPHRASE"]
-    subprocess.run(["ssh-keygen", "-q", "-p", "-N", passphrase, "-f", str(key)], check=True)
+    key = key_copy(sshd.client_key, tmp_path / "protected_key", passphrase=passphrase)
     keyring = tmp_path / "gnupg"
     keyring.mkdir(mode=0o700)
     monkeypatch.setenv("SOURCES__ASAPP_SFTP__PRIVATE_KEY_PATH", str(key))
