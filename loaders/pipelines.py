@@ -7,6 +7,8 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from loaders import runtime
@@ -14,7 +16,7 @@ from loaders.apsis import ApsisStats, apsis
 from loaders.asapp_sftp import FeedStats, LoadStats, asapp_sftp
 from loaders.export_docs import load_export_docs
 from loaders.export_docs.diff import Change, diff, is_breaking
-from loaders.export_docs.model import ExportDocsError
+from loaders.export_docs.model import ExportDocs, ExportDocsError
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,21 @@ APSIS_ROW_KEYS = {
 }
 
 
+@cache
+def _read_export_docs(path: Path, mtime_ns: int) -> ExportDocs:
+    return load_export_docs(path)
+
+
+def project_export_docs() -> ExportDocs:
+    """The project's export_docs.yaml, parsed once per process (again only if the file changed)."""
+    path = runtime.project_dir() / "export_docs.yaml"
+    try:
+        mtime_ns = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        mtime_ns = 0  # load_export_docs says it is missing
+    return _read_export_docs(path, mtime_ns)
+
+
 class DocumentedTypes:
     """feed -> {column: canonical type} from the project's export_docs.yaml, read on the first .get()."""
 
@@ -90,8 +107,7 @@ class DocumentedTypes:
 
     def get(self, feed: str) -> dict[str, str] | None:
         if self._types is None:
-            docs = load_export_docs(runtime.project_dir() / "export_docs.yaml")
-            self._types = {f.name: {c.name: c.type for c in f.columns} for f in docs}
+            self._types = {f.name: {c.name: c.type for c in f.columns} for f in project_export_docs()}
         return self._types.get(feed)
 
 
@@ -104,9 +120,7 @@ def check_export_docs(stats: LoadStats, strict: bool) -> list[Change]:
     if stats.export_docs is None:
         return []
     try:
-        changes = diff(
-            load_export_docs(runtime.project_dir() / "export_docs.yaml"), load_export_docs(stats.export_docs)
-        )
+        changes = diff(project_export_docs(), load_export_docs(stats.export_docs))
     except ExportDocsError as e:
         raise SchemaDriftError(f"the server's export_docs.yaml cannot be read: {e}") from e
     if changes:
@@ -232,9 +246,7 @@ class FeedStatus:
 
 def asapp_status() -> list[FeedStatus]:
     """What is loaded per feed: rows, latest partition, last load, partitions waiting, freshness vs sync_time."""
-    from loaders.export_docs import load_export_docs
-
-    docs = load_export_docs(runtime.project_dir() / "export_docs.yaml")
+    docs = project_export_docs()
     pipeline = runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET)
     state = _feeds_state(pipeline)
     loaded = set(_raw_feed_tables(pipeline))

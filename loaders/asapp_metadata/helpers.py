@@ -38,11 +38,18 @@ def spec() -> dict[str, Any]:
     return yaml.safe_load(settings.SPEC_PATH.read_text(encoding="utf-8"))
 
 
+def request_body_schema() -> dict[str, Any]:
+    """The many-customer-metadata request body schema of the spec, as published."""
+    schema: dict[str, Any] = spec()["paths"][settings.ENDPOINT]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]
+    return schema
+
+
 def _item_schema() -> dict[str, Any]:
     """The spec's item schema, with its patterns anchored: the published ones ('[a-zA-Z0-9\\-\\_]+') match any
     string holding one such character; the service expects the whole value to match."""
-    body = spec()["paths"][settings.ENDPOINT]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    schema: dict[str, Any] = copy.deepcopy(body["properties"]["items"]["items"])
+    schema: dict[str, Any] = copy.deepcopy(request_body_schema()["properties"]["items"]["items"])
 
     def anchor(node: Any) -> None:
         if isinstance(node, dict):

@@ -23,7 +23,7 @@ import requests
 from openapi_core import OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest
 
-from loaders.asapp_metadata.helpers import json_schema, spec
+from loaders.asapp_metadata.helpers import json_schema, request_body_schema, spec
 from loaders.asapp_metadata.settings import ENDPOINT
 from loaders.sandbox.http_server import Emulator, JsonHandler, LocalServer
 
@@ -47,8 +47,7 @@ def _openapi() -> OpenAPI:
 
 
 def _body_check() -> Any:
-    body = spec()["paths"][ENDPOINT]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    return jsonschema_rs.validator_for(json_schema(body), validate_formats=True)
+    return jsonschema_rs.validator_for(json_schema(request_body_schema()), validate_formats=True)
 
 
 def make_handler(state: ApiState) -> type[JsonHandler]:
