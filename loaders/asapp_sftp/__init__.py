@@ -35,6 +35,7 @@ from loaders.asapp_sftp.helpers import (
     Partition,
     PartitionError,
     PartitionReader,
+    PreparedPartition,
     TypeDrift,
     fetch_export_docs,
     list_partitions,
@@ -171,7 +172,7 @@ def _feed_partitions(
         fstats.waiting = [p.key for p in listing.waiting]
         for p in listing.waiting:
             log.info("%s %s: no _SUCCESS yet, will be loaded by a later run", feed, p.key)
-        reader = PartitionReader(session.connection, decryptor)
+        reader = PartitionReader(session.connection, decryptor, max_bad_lines)
         try:
             readable = []
             for partition, files in listing.ready:
@@ -193,11 +194,11 @@ def _feed_partitions(
             readable = readable[:max_partitions]  # oldest first: the rest in the next run of this load
             # looked up only when something is read: a run with nothing new does not parse export_docs.yaml
             types = column_types.get(feed) if column_types is not None and readable else None
-            for partition, files, paths, problem in reader.downloaded(readable):
+            for partition, files, prepared, problem in reader.downloaded(readable):
                 try:
-                    if problem:
+                    if problem:  # nothing of it is yielded: a partition loads whole or not at all
                         raise PartitionError(problem)
-                    yield from _read_partition(reader, partition, files, paths, fstats, max_bad_lines, types)
+                    yield from _read_partition(reader, partition, files, prepared, fstats, types)
                 except PartitionError as e:
                     # nothing of it was yielded: not recorded as loaded but kept waiting, so the next run lists
                     # it again however far the other partitions have moved on
@@ -224,12 +225,10 @@ def _read_partition(
     reader: PartitionReader,
     partition: Partition,
     files: list[Any],
-    paths: list[Path],
+    prepared: PreparedPartition,
     fstats: FeedStats,
-    max_bad_lines: int,
     types: dict[str, str] | None,
 ) -> Iterator[Any]:
-    prepared = reader.prepare(files, paths, max_bad_lines)  # raises PartitionError before anything is yielded
     loaded_at = datetime.now(UTC)
     for batch in reader.read(partition, prepared, loaded_at, types, fstats.drift):
         fstats.rows += batch.num_rows

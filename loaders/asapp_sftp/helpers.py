@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -148,24 +147,35 @@ def fetch_export_docs(sftp: paramiko.SFTPClient, base_path: str) -> Path:
     return Path(name)
 
 
-def gzip_problem(path: Path) -> str | None:
-    """Why a gzip file is not complete and valid, or None. DuckDB reads a file cut right after its header (or at
-    a block boundary) as shorter without complaint, so every gzip file is checked to its end-of-stream marker
-    (all members), in the download thread, while the previous partition is parsed."""
-    if path.stat().st_size == 0:
-        return None  # an empty file is an empty file
+def gunzip(path: Path) -> tuple[Path, str | None]:
+    """The gzip file inflated beside it (all members), checked to its end-of-stream marker: (plain file, None), or
+    (the file, why it is not complete and valid). DuckDB reads a file cut right after its header (or at a block
+    boundary) as shorter without complaint, so the check cannot be left to it; and once inflated here, in the
+    download thread, the checks and the read that follow parse a plain file (in parallel) instead of inflating
+    it twice more."""
+    plain = path.with_name(path.name.removesuffix(".gz") + ".plain")
+    if path.stat().st_size == 0:  # an empty file is an empty file
+        plain.write_bytes(b"")
+        path.unlink()
+        return plain, None
     d = zlib.decompressobj(wbits=31)
     try:
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
+        with path.open("rb") as src, plain.open("wb") as dst:
+            while chunk := src.read(1 << 20):
                 while chunk:
                     if d.eof:  # a further gzip member
                         d = zlib.decompressobj(wbits=31)
-                    d.decompress(chunk)
+                    dst.write(d.decompress(chunk))
                     chunk = d.unused_data if d.eof else b""
+            dst.write(d.flush())
     except zlib.error as e:
-        return f"corrupt gzip ({e})"
-    return None if d.eof else "truncated gzip (the stream has no end)"
+        plain.unlink(missing_ok=True)
+        return path, f"corrupt gzip ({e})"
+    if not d.eof:
+        plain.unlink(missing_ok=True)
+        return path, "truncated gzip (the stream has no end)"
+    path.unlink()
+    return plain, None
 
 
 class DecryptorError(RuntimeError):
@@ -264,7 +274,6 @@ def _cast(column: str, canonical: str) -> str:
     return f"try_cast({v} as {canonical})"
 
 
-NOT_AN_OBJECT = "__asapp_not_a_json_object__"  # reported by the first pass for a line that is not an object
 REJECT_MARK = "_asapp_rejected"  # marker row standing in for a rejected (1) or blank (0) line
 
 
@@ -278,8 +287,9 @@ class Reject:
 
 @dataclass
 class PreparedPartition:
-    files: list[tuple[DataFile, Path, bool, list[str]]] = field(default_factory=list)  # file, path, gzip, keys
+    files: list[tuple[DataFile, Path, list[str]]] = field(default_factory=list)  # file, plain local copy, keys
     rejects: list[Reject] = field(default_factory=list)
+    directory: Path | None = None  # where its files were downloaded (deleted once it is read)
 
 
 class PartitionReader:
@@ -290,15 +300,23 @@ class PartitionReader:
     """
 
     def __init__(
-        self, connection: SftpConnection, decryptor: Decryptor | None = None, workdir: Path | None = None
+        self,
+        connection: SftpConnection,
+        decryptor: Decryptor | None = None,
+        max_bad_lines: int = settings.DEFAULT_MAX_BAD_LINES,
+        workdir: Path | None = None,
     ) -> None:
-        # Downloads run on their own SFTP channel in a background thread, one partition ahead of the parse; a
-        # file whose download the connection dropped is downloaded again on a new connection.
+        # Downloads run on their own SFTP channel in a background thread, one partition ahead of the read; a
+        # file whose download the connection dropped is downloaded again on a new connection. The same thread
+        # then checks the partition (gzip to its end, every line parsed, keys found, bad lines set aside), so the
+        # read of one partition overlaps the download and check of the next.
         self.channel = SftpChannel(connection)
         self.decryptor = decryptor  # for .enc files, in the download thread too
+        self.max_bad_lines = max_bad_lines
         self.workdir = Path(tempfile.mkdtemp(prefix="asapp-sftp-", dir=workdir))
-        self.con = duckdb.connect()
+        self.con = duckdb.connect()  # the read, in the caller's thread
         self.con.execute("set preserve_insertion_order = true")
+        self.check_con = duckdb.connect()  # the checks, in the download thread
         # Type drift is counted on its own connection (a query on self.con would end the result stream read() is
         # handing out) in its own thread, beside dlt writing the same batches: DuckDB releases the GIL.
         self.drift_con = duckdb.connect()
@@ -312,8 +330,20 @@ class PartitionReader:
         self._drift_pool.shutdown(wait=True)
         self.channel.close()
         self.con.close()
+        self.check_con.close()
         self.drift_con.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _fetch(self, n: int, partition: Partition, files: list[DataFile]) -> tuple[PreparedPartition, str | None]:
+        """The partition downloaded and checked: its files ready to read, or what is wrong with them."""
+        paths, problem = self._download(n, partition, files)
+        prepared = PreparedPartition(directory=paths[0].parent if paths else None)
+        if problem is None:
+            try:
+                prepared = self.prepare(files, paths, self.max_bad_lines)
+            except PartitionError as e:
+                problem = str(e)
+        return prepared, problem
 
     def _download(self, n: int, partition: Partition, files: list[DataFile]) -> tuple[list[Path], str | None]:
         """The partition's files on local disk (decrypted), and what is wrong with them (None when nothing is)."""
@@ -335,61 +365,69 @@ class PartitionReader:
                 local = plain
                 if why:
                     problem = f"{f.name}: {why}"
+            if f.gzip and problem is None:
+                local, why = gunzip(local)
+                if why:
+                    problem = f"{f.name}: {why}"
             paths.append(local)
-            if f.gzip and problem is None and (why := gzip_problem(local)):
-                problem = f"{f.name}: {why}"
         return paths, problem
 
     def downloaded(
         self, partitions: list[tuple[Partition, list[DataFile]]]
-    ) -> Iterator[tuple[Partition, list[DataFile], list[Path], str | None]]:
-        """Each partition with its files on local disk (and any problem found in them); the next one downloads
-        and is checked while the caller reads this one. A partition's files are deleted once the caller moves on."""
-        pending: deque[tuple[Partition, list[DataFile], Future[tuple[list[Path], str | None]]]] = deque()
+    ) -> Iterator[tuple[Partition, list[DataFile], PreparedPartition, str | None]]:
+        """Each partition downloaded and checked (prepare), or what is wrong with it; the next one is downloaded
+        and checked while the caller reads this one. A partition's files are deleted once the caller moves on."""
+        pending: deque[tuple[Partition, list[DataFile], Future[tuple[PreparedPartition, str | None]]]] = deque()
         queue = iter(enumerate(partitions))
 
         def submit() -> None:
             item = next(queue, None)
             if item is not None:
                 n, (partition, files) = item
-                pending.append((partition, files, self._pool.submit(self._download, n, partition, files)))
+                pending.append((partition, files, self._pool.submit(self._fetch, n, partition, files)))
 
         submit()
         while pending:
             partition, files, future = pending.popleft()
             submit()
-            paths, problem = future.result()
+            prepared, problem = future.result()
             try:
-                yield partition, files, paths, problem
+                yield partition, files, prepared, problem
             finally:
-                if paths:
-                    shutil.rmtree(paths[0].parent, ignore_errors=True)
+                if prepared.directory is not None:
+                    shutil.rmtree(prepared.directory, ignore_errors=True)
 
-    def _keys(self, path: Path, gz: bool) -> list[str] | None:
-        """The file's keys in order of first appearance, or None when DuckDB cannot read every line as a JSON
-        object. Parsing the whole file here is what lets a partition be checked before any row is yielded."""
-        compression = "'gzip'" if gz else "'uncompressed'"
+    def _keys(self, path: Path) -> list[str] | None:
+        """The file's keys (those of its most common row shape first, in file order), or None when DuckDB cannot
+        read every line as a JSON object. Parsing the whole file here is what lets a partition be checked before
+        any row is yielded. One parse per line: the rows are grouped by their key lists (a handful of shapes),
+        and only a file with an empty list (`{}`, or a line that is not an object) is looked at again."""
+        source = (
+            f"read_ndjson_objects({_sql_str(str(path))}, compression='uncompressed', "
+            f"maximum_object_size={settings.MAX_LINE_BYTES})"
+        )
         try:
-            rows = self.con.execute(
-                f"select k from (select unnest(case when json_type(json) = 'OBJECT' then json_keys(json) "
-                f"else [{_sql_str(NOT_AN_OBJECT)}] end) as k, row_number() over () as i "
-                f"from read_ndjson_objects({_sql_str(str(path))}, compression={compression}, "
-                f"maximum_object_size={settings.MAX_LINE_BYTES})) "
-                f"group by k order by min(i)"
+            shapes = self.check_con.execute(
+                f"select json_keys(json) as k, count(*) as n from {source} group by k order by n desc, k"
             ).fetchall()
+            if any(not k for k, _ in shapes):
+                (not_objects,) = self.check_con.execute(
+                    f"select count(*) from {source} where json_type(json) <> 'OBJECT'"
+                ).fetchone() or (0,)
+                if not_objects:
+                    return None
         except duckdb.Error:
             return None
-        keys = [row[0] for row in rows]
-        return None if NOT_AN_OBJECT in keys else [k for k in keys if k != REJECT_MARK]
+        keys = list(dict.fromkeys(k for shape, _ in shapes for k in shape))
+        return [k for k in keys if k != REJECT_MARK]
 
     def _clean(self, f: DataFile, path: Path) -> tuple[Path, list[Reject]]:
         """Line by line, for a file DuckDB refused: each bad line (malformed JSON, invalid UTF-8, not an object)
-        is recorded and replaced by a marker row, so every other row keeps its line number. A file that cannot be
-        decompressed fails its partition."""
+        is recorded and replaced by a marker row, so every other row keeps its line number."""
         clean = path.with_name(path.name + ".clean.jsonl")
         rejects: list[Reject] = []
         try:
-            with gzip.open(path, "rb") if f.gzip else path.open("rb") as src, clean.open("wb") as dst:
+            with path.open("rb") as src, clean.open("wb") as dst:
                 for n, raw in enumerate(src, 1):
                     line = raw.rstrip(b"\r\n")
                     if not line.strip():
@@ -405,25 +443,25 @@ class PartitionReader:
                         dst.write(b'{"%s":1}\n' % REJECT_MARK.encode())
                         continue
                     dst.write(line + b"\n")
-        except (OSError, EOFError, zlib.error) as e:
-            raise PartitionError(f"{f.name}: cannot be decompressed ({e})") from e
+        except OSError as e:
+            raise PartitionError(f"{f.name}: cannot be read ({e})") from e
         return clean, rejects
 
     def prepare(self, files: list[DataFile], paths: list[Path], max_bad_lines: int) -> PreparedPartition:
         """Parse every file of the partition before anything is yielded: a partition loads whole or not at all.
         Bad lines go to rejects; more than max_bad_lines of them fail the partition (PartitionError)."""
-        prepared = PreparedPartition()
+        prepared = PreparedPartition(directory=paths[0].parent if paths else None)
         for f, path in zip(files, paths, strict=True):
             if path.stat().st_size == 0:
                 continue
-            gz, keys = f.gzip, self._keys(path, f.gzip)
+            keys = self._keys(path)  # a gzip file was inflated by the download
             if keys is None:
                 path, rejects = self._clean(f, path)
-                gz, keys = False, self._keys(path, False)
+                keys = self._keys(path)
                 if keys is None:
                     raise PartitionError(f"{f.name}: cannot be read as JSON lines")
                 prepared.rejects += rejects
-            prepared.files.append((f, path, gz, keys))
+            prepared.files.append((f, path, keys))
         if len(prepared.rejects) > max_bad_lines:
             first = prepared.rejects[0]
             raise PartitionError(
@@ -443,12 +481,11 @@ class PartitionReader:
         """The prepared partition's rows in Arrow batches (every value as text, lineage columns added). With the
         feed's documented types, values that will not cast to theirs are counted into drift (type drift: the
         value still lands, as text; staging makes it null and its asapp_cast_failures test warns)."""
-        for f, path, gz, keys in prepared.files:
+        for f, path, keys in prepared.files:
             if not keys:
                 continue
             checks = {k: types[k] for k in keys if types and types.get(k, "varchar") != "varchar"}
             source = _sql_str(str(path))
-            compression = "'gzip'" if gz else "'uncompressed'"
             marked = path.name.endswith(".clean.jsonl")
             read_keys = [*keys, REJECT_MARK] if marked else keys
             columns = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in read_keys) + "}"
@@ -463,7 +500,7 @@ class PartitionReader:
             query = (
                 f"select {', '.join(_quote(k) for k in keys)}, {lineage} from ("
                 f"select *, row_number() over () as _asapp_line from read_json({source}, "
-                f"format='newline_delimited', compression={compression}, columns={columns}, "
+                f"format='newline_delimited', compression='uncompressed', columns={columns}, "
                 f"maximum_object_size={settings.MAX_LINE_BYTES}))"
                 + (f" where {_quote(REJECT_MARK)} is null" if marked else "")
             )
