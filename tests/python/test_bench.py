@@ -39,7 +39,7 @@ def test_harness_runs_and_writes_its_report(tmp_path: Path, warehouse: object) -
         "elt load asapp",
         "naive dlt dicts (extrapolated from a sample)",
         "run with nothing new after that history",
-        "dbt incremental, 1% new (model time)",
+        "dbt incremental, 1% new rows, 3 staging models (model time)",
     ):
         assert expected in names
     assert all(r.seconds > 0 for r in report.rows)
