@@ -289,7 +289,7 @@ class Reject:
 class PreparedPartition:
     files: list[tuple[DataFile, Path, list[str]]] = field(default_factory=list)  # file, plain local copy, keys
     rejects: list[Reject] = field(default_factory=list)
-    directory: Path | None = None  # where its files were downloaded (deleted once it is read)
+    directory: Path | None = None  # where its files were downloaded (deleted once it has been read)
 
 
 class PartitionReader:
@@ -337,12 +337,13 @@ class PartitionReader:
     def _fetch(self, n: int, partition: Partition, files: list[DataFile]) -> tuple[PreparedPartition, str | None]:
         """The partition downloaded and checked: its files ready to read, or what is wrong with them."""
         paths, problem = self._download(n, partition, files)
-        prepared = PreparedPartition(directory=paths[0].parent if paths else None)
+        prepared = PreparedPartition()
         if problem is None:
             try:
                 prepared = self.prepare(files, paths, self.max_bad_lines)
             except PartitionError as e:
                 problem = str(e)
+        prepared.directory = self.workdir / f"p{n}"
         return prepared, problem
 
     def _download(self, n: int, partition: Partition, files: list[DataFile]) -> tuple[list[Path], str | None]:
@@ -450,7 +451,7 @@ class PartitionReader:
     def prepare(self, files: list[DataFile], paths: list[Path], max_bad_lines: int) -> PreparedPartition:
         """Parse every file of the partition before anything is yielded: a partition loads whole or not at all.
         Bad lines go to rejects; more than max_bad_lines of them fail the partition (PartitionError)."""
-        prepared = PreparedPartition(directory=paths[0].parent if paths else None)
+        prepared = PreparedPartition()
         for f, path in zip(files, paths, strict=True):
             if path.stat().st_size == 0:
                 continue
