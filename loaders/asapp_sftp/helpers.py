@@ -153,11 +153,9 @@ def gunzip(path: Path) -> tuple[Path, str | None]:
     boundary) as shorter without complaint, so the check cannot be left to it; and once inflated here, in the
     download thread, the checks and the read that follow parse a plain file (in parallel) instead of inflating
     it twice more."""
+    if path.stat().st_size == 0:
+        return path, None  # an empty file is an empty file (and is skipped as one)
     plain = path.with_name(path.name.removesuffix(".gz") + ".plain")
-    if path.stat().st_size == 0:  # an empty file is an empty file
-        plain.write_bytes(b"")
-        path.unlink()
-        return plain, None
     d = zlib.decompressobj(wbits=31)
     try:
         with path.open("rb") as src, plain.open("wb") as dst:
@@ -336,20 +334,21 @@ class PartitionReader:
 
     def _fetch(self, n: int, partition: Partition, files: list[DataFile]) -> tuple[PreparedPartition, str | None]:
         """The partition downloaded and checked: its files ready to read, or what is wrong with them."""
-        paths, problem = self._download(n, partition, files)
+        local_dir = self.workdir / f"p{n}"
+        local_dir.mkdir()
+        paths, problem = self._download(partition, files, local_dir)
         prepared = PreparedPartition()
         if problem is None:
             try:
-                prepared = self.prepare(files, paths, self.max_bad_lines)
+                prepared = self.prepare(files, paths)
             except PartitionError as e:
                 problem = str(e)
-        prepared.directory = self.workdir / f"p{n}"
+        prepared.directory = local_dir
         return prepared, problem
 
-    def _download(self, n: int, partition: Partition, files: list[DataFile]) -> tuple[list[Path], str | None]:
-        """The partition's files on local disk (decrypted), and what is wrong with them (None when nothing is)."""
-        local_dir = self.workdir / f"p{n}"
-        local_dir.mkdir()
+    def _download(self, partition: Partition, files: list[DataFile], local_dir: Path) -> tuple[list[Path], str | None]:
+        """The partition's files in local_dir (decrypted, inflated), and what is wrong with them (None when nothing
+        is)."""
         paths = []
         problem = None
         for f in files:
@@ -448,9 +447,9 @@ class PartitionReader:
             raise PartitionError(f"{f.name}: cannot be read ({e})") from e
         return clean, rejects
 
-    def prepare(self, files: list[DataFile], paths: list[Path], max_bad_lines: int) -> PreparedPartition:
+    def prepare(self, files: list[DataFile], paths: list[Path]) -> PreparedPartition:
         """Parse every file of the partition before anything is yielded: a partition loads whole or not at all.
-        Bad lines go to rejects; more than max_bad_lines of them fail the partition (PartitionError)."""
+        Bad lines go to rejects; more than the reader's max_bad_lines of them fail the partition (PartitionError)."""
         prepared = PreparedPartition()
         for f, path in zip(files, paths, strict=True):
             if path.stat().st_size == 0:
@@ -463,11 +462,11 @@ class PartitionReader:
                     raise PartitionError(f"{f.name}: cannot be read as JSON lines")
                 prepared.rejects += rejects
             prepared.files.append((f, path, keys))
-        if len(prepared.rejects) > max_bad_lines:
+        if len(prepared.rejects) > self.max_bad_lines:
             first = prepared.rejects[0]
             raise PartitionError(
-                f"{len(prepared.rejects)} bad lines, more than --max-bad-lines {max_bad_lines} (first: {first.file} "
-                f"line {first.line}: {first.error})"
+                f"{len(prepared.rejects)} bad lines, more than --max-bad-lines {self.max_bad_lines} "
+                f"(first: {first.file} line {first.line}: {first.error})"
             )
         return prepared
 
