@@ -149,6 +149,23 @@ def test_bad_lines_go_to_rejects_and_the_rest_loads(exports: Path, warehouse: Wa
     assert scalar(warehouse, "select count(*) from asapp_raw._rejects") == 3
 
 
+def test_valid_json_that_is_not_an_object_is_rejected_and_an_empty_object_is_a_row(
+    exports: Path, warehouse: Warehouse
+) -> None:
+    # every line is valid JSON, so only the key pass can tell the non-objects apart (gzip: inflated once first)
+    d = partition_dir(exports, "convos_intents", T0)
+    d.mkdir(parents=True)
+    lines = [b'{"issue_id": 1}', b"{}", b"[2, 3]", b'"four"', b'{"issue_id": 5}']
+    (d / "convos_intents.jsonl.gz").write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    (d / "_SUCCESS").write_bytes(b"")
+    stats = load_asapp()
+    assert stats.feeds["convos_intents"].rows == 3 and stats.feeds["convos_intents"].rejected == 2
+    got = query(warehouse, "select issue_id, _asapp_line from asapp_raw.convos_intents order by _asapp_line")
+    assert got == [("1", 1), (None, 2), ("5", 5)]
+    rejects = query(warehouse, "select line, raw_text from asapp_raw._rejects order by line")
+    assert rejects == [(3, "[2, 3]"), (4, '"four"')]
+
+
 def test_failed_partition_is_retried_even_after_later_days_load(exports: Path, warehouse: Warehouse) -> None:
     bad = write_partition(exports, "convos_intents", T0, rows(1, 3), gz=True)
     good = (bad / "convos_intents.jsonl.gz").read_bytes()
