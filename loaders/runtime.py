@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,31 @@ def duckdb_path() -> Path:
 def pipelines_dir() -> Path:
     """dlt's working folder for our pipelines: `dlt pipeline --pipelines-dir <this> asapp_sftp info`."""
     return _project_path(os.environ.get("ELT_PIPELINES_DIR", "warehouse/pipelines"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def scratch_prefix(kind: str, parent: Path | None = None) -> str:
+    """The name prefix of this process's temporary files or folders of one kind (`<kind>-<pid>-`), in parent
+    (default: the system's temporary folder). What a killed run left there (downloads it could not delete: a
+    SIGKILL gives no chance to) is removed first, once its process is gone."""
+    folder = parent or Path(tempfile.gettempdir())
+    for path in folder.glob(f"{kind}-*-*"):
+        pid = path.name[len(kind) + 1 :].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    return f"{kind}-{os.getpid()}-"
 
 
 def configure() -> None:

@@ -21,6 +21,7 @@ import pendulum
 import pyarrow as pa
 from dlt.sources.helpers.requests import Client, Response
 
+from loaders import runtime
 from loaders.apsis import settings
 
 log = logging.getLogger(__name__)
@@ -266,8 +267,13 @@ class ApsisClient:
         """Request, poll and download one export into a (decompressed-on-read) temporary file."""
         for attempt in range(1, settings.MAX_EXPORT_ATTEMPTS + 1):
             poll_url = self.request_export(request, path)
-            with tempfile.NamedTemporaryFile(prefix="apsis-export-", suffix=".json", dir=workdir, delete=False) as f:
-                encoding = self.download(poll_url, f)
+            prefix = runtime.scratch_prefix("apsis-export", workdir)
+            with tempfile.NamedTemporaryFile(prefix=prefix, suffix=".json", dir=workdir, delete=False) as f:
+                try:
+                    encoding = self.download(poll_url, f)
+                except BaseException:  # a failed download leaves nothing behind
+                    Path(f.name).unlink(missing_ok=True)
+                    raise
             if encoding is not None:
                 return Path(f.name)
             Path(f.name).unlink(missing_ok=True)

@@ -22,6 +22,7 @@ import duckdb
 import paramiko
 import pyarrow as pa
 
+from loaders import runtime
 from loaders.asapp_sftp import settings
 from loaders.asapp_sftp.connection import SftpChannel, SftpConnection
 
@@ -141,7 +142,7 @@ def list_partitions(
 
 def fetch_export_docs(sftp: paramiko.SFTPClient, base_path: str) -> Path:
     """Download the server's export_docs.yaml to a temporary file."""
-    fd, name = tempfile.mkstemp(prefix="export_docs-", suffix=".yaml")
+    fd, name = tempfile.mkstemp(prefix=runtime.scratch_prefix("export-docs"), suffix=".yaml")
     os.close(fd)
     sftp.get(str(PurePosixPath(base_path) / settings.EXPORT_DOCS_NAME), name)
     return Path(name)
@@ -311,7 +312,7 @@ class PartitionReader:
         self.channel = SftpChannel(connection)
         self.decryptor = decryptor  # for .enc files, in the download thread too
         self.max_bad_lines = max_bad_lines
-        self.workdir = Path(tempfile.mkdtemp(prefix="asapp-sftp-", dir=workdir))
+        self.workdir = Path(tempfile.mkdtemp(prefix=runtime.scratch_prefix("asapp-sftp", workdir), dir=workdir))
         self.con = duckdb.connect()  # the read, in the caller's thread
         self.con.execute("set preserve_insertion_order = true")
         self.check_con = duckdb.connect()  # the checks, in the download thread

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -92,6 +93,19 @@ def test_repeated_processing_failure_ends_with_a_clear_error(emulator: ApsisEmul
     assert "could not produce the export after 3 requests" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(emulator.state.requests) == 3
+
+
+def test_a_failed_download_leaves_no_temporary_file(
+    emulator: ApsisEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where the export is downloaded to
+    emulator.state.inject_poll = [404, 400]  # the poll fails once the file has been created
+    with pytest.raises(Exception, match="polling the export answered HTTP 400"):
+        load_apsis(start_at="2026-11-01", end_at="2026-11-02")
+    assert [s for s, _ in emulator.state.polls] == [404, 400]
+    assert list(temp.glob("apsis-export-*")) == []
 
 
 def test_429_backs_off_on_polls_and_requests(emulator: ApsisEmulator, warehouse: Warehouse) -> None:

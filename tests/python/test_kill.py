@@ -56,14 +56,19 @@ def kill_at(args: list[str], env: dict[str, str], delays: tuple[float, ...]) -> 
 
 
 @pytest.mark.slow
-def test_sigkill_at_any_point_then_rerun_loads_everything_exactly_once(exports: Path, warehouse: Warehouse) -> None:
+def test_sigkill_at_any_point_then_rerun_loads_everything_exactly_once(
+    exports: Path, warehouse: Warehouse, tmp_path: Path
+) -> None:
     expected = _tree(exports)
-    env = dict(os.environ)
+    temp = tmp_path / "temp"  # where the runs download partitions to
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
     # kill the load at staggered moments: while listing and downloading, extracting, normalizing and loading
     kills = kill_at([ELT, "load", "asapp"], env, (0.8, 1.6, 2.4, 3.2, 4.5, 6.0))
     assert kills >= 3, "the load finished too fast to be interrupted: make the tree bigger"
     final = subprocess.run([ELT, "load", "asapp"], cwd=PROJECT, env=env, capture_output=True, text=True)
     assert final.returncode == 0, final.stderr
+    assert list(temp.iterdir()) == [], "downloads of the killed runs were left behind"
     for feed in ("utterances", "convos_metrics"):
         ((rows, distinct),) = query(
             warehouse,
@@ -132,12 +137,15 @@ def test_apsis_load_killed_at_any_point_then_rerun_loads_each_export_exactly_onc
     with ApsisEmulator(tmp_path / "apsis", profiles=15_000, events_per_profile=4, polls_until_ready=1) as api:
         for k, v in {**api.env(), "SOURCES__APSIS__POLL_INITIAL_INTERVAL": "0.01"}.items():
             monkeypatch.setenv(k, v)
-        env = dict(os.environ)
+        temp = tmp_path / "temp"  # where the runs download exports to
+        temp.mkdir()
+        env = {**os.environ, "TMPDIR": str(temp)}
         args = [ELT, "load", "apsis", "--start-at", "2026-11-01", "--end-at", "2026-11-02"]
         kills = kill_at(args, env, (1.5, 2.5, 3.5, 4.5, 6.0, 8.0))
         assert kills >= 3, "the load finished too fast to be interrupted: make the export bigger"
         final = subprocess.run(args, cwd=PROJECT, env=env, capture_output=True, text=True)
         assert final.returncode == 0, final.stderr
+        assert list(temp.iterdir()) == [], "downloads of the killed runs were left behind"
     exports = query(
         warehouse,
         "select export_id, profiles_rows, profile_attributes_rows, profile_tags_rows, events_rows "
