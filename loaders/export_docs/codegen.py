@@ -32,6 +32,7 @@ INSERTION_ORDER = [
     "_asapp_file desc",
     "_asapp_line desc",
 ]
+INSERTION_COLUMNS = [o.split()[0] for o in INSERTION_ORDER]
 
 LINEAGE_DOCS = {
     "_asapp_record_key": "Hash of the feed's unique condition (null-safe): the merge key of this model.",
@@ -202,6 +203,8 @@ def staging_sql(feed: Feed) -> str:
     incremental_filter = ""
     candidates = "typed"
     incremental_cte = ""
+    final_select = "select * from deduplicated\n"
+    dedup_columns = "staged_columns"
     if materialized == "incremental":
         incremental_filter = (
             "\n    {% if is_incremental() %}\n"
@@ -212,15 +215,26 @@ def staging_sql(feed: Feed) -> str:
             "                from {{ this }} as this_model\n"
             "            )\n    {% endif %}"
         )
+        staged_names = [*feed.column_names, "_asapp_record_key", *lineage_names]
+        deciding = {"_asapp_record_key", *(ordering_columns(feed.ordering_key) if ordering else []), *INSERTION_COLUMNS}
+        staged_select = ",\n            ".join(c if c in deciding else f"null as {c}" for c in staged_names)
         incremental_cte = (
-            "candidates as (\n\n    select * from typed\n    {% if is_incremental() %}\n"
-            "        -- rows already staged for the keys that arrived, so a late older version cannot win\n"
-            "        union all\n        select {{ staged_columns | join(', ') }}\n"
+            "candidates as (\n\n    select\n        *,\n        false as _asapp_staged\n    from typed\n"
+            "    {% if is_incremental() %}\n"
+            "        -- the versions already staged of the keys that arrived, so a late older version cannot win;\n"
+            "        -- only the columns that order them are read (a narrow scan of the staged table)\n"
+            f"        union all\n        select\n            {staged_select},\n            true as _asapp_staged\n"
             "        from {{ this }} as this_model\n"
             "        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)\n"
             "    {% endif %}\n\n),\n\n"
         )
         candidates = "candidates"
+        final_select = (
+            "select\n    " + ",\n    ".join(staged_names) + "\nfrom deduplicated\n"
+            "{% if is_incremental() %}\n    -- a key whose staged version stays the latest is left as it is\n"
+            "    where not _asapp_staged\n{% endif %}\n"
+        )
+        dedup_columns = "staged_columns + ['_asapp_staged']"
     return f"""-- {GENERATED_MARK} (feed {feed.name}, version {feed.version})
 {config}
 {{%- set columns = [
@@ -261,13 +275,12 @@ typed as (
         order_by=[
             {order_list},
         ],
-        columns=staged_columns,
+        columns={dedup_columns},
     ) }}}}
 
 )
 
-select * from deduplicated
-"""
+{final_select}"""
 
 
 def generate(docs: ExportDocs) -> list[GeneratedFile]:

@@ -95,11 +95,43 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as conversation_id,
+            null as first_agent_id,
+            null as customer_id,
+            null as first_utterance_ts,
+            null as first_utterance_text,
+            null as first_intent_code,
+            null as first_intent_code_alt,
+            null as final_intent_code,
+            null as intent_path,
+            null as disambig_count,
+            null as ftd_visit,
+            null as faq_id,
+            null as final_action_destination,
+            null as is_first_intent_correct,
+            null as issue_id,
+            null as first_rep_id,
+            null as company_name,
+            instance_ts,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -118,9 +150,41 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    conversation_id,
+    first_agent_id,
+    customer_id,
+    first_utterance_ts,
+    first_utterance_text,
+    first_intent_code,
+    first_intent_code_alt,
+    final_intent_code,
+    intent_path,
+    disambig_count,
+    ftd_visit,
+    faq_id,
+    final_action_destination,
+    is_first_intent_correct,
+    issue_id,
+    first_rep_id,
+    company_name,
+    instance_ts,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

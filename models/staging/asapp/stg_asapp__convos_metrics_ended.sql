@@ -131,11 +131,61 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as company_subdivision,
+            null as company_segments,
+            null as first_utterance_ts,
+            null as conversation_id,
+            null as customer_id,
+            null as platform,
+            null as device_type,
+            null as assisted,
+            null as total_handle_time,
+            null as total_lead_time,
+            null as total_wrap_up_time,
+            null as total_session_time,
+            null as customer_sent_msgs,
+            null as agent_sent_msgs,
+            null as auto_generated_msgs,
+            null as first_rep_response_count,
+            null as total_seconds_to_first_rep_response,
+            null as agent_response_count,
+            null as customer_response_count,
+            null as total_rep_seconds_to_respond,
+            null as total_cust_seconds_to_respond,
+            null as time_in_queue,
+            null as auto_suggest_msgs,
+            null as auto_complete_msgs,
+            null as auto_wait_for_agent_msgs,
+            null as customer_wait_for_agent_msgs,
+            null as attempted_chat,
+            null as out_business_ct,
+            null as issue_id,
+            null as rep_sent_msgs,
+            null as rep_response_count,
+            null as auto_wait_for_rep_msgs,
+            null as customer_wait_for_rep_msgs,
+            null as hold_ct,
+            null as total_hold_time_seconds,
+            null as company_name,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -153,9 +203,59 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    company_subdivision,
+    company_segments,
+    first_utterance_ts,
+    conversation_id,
+    customer_id,
+    platform,
+    device_type,
+    assisted,
+    total_handle_time,
+    total_lead_time,
+    total_wrap_up_time,
+    total_session_time,
+    customer_sent_msgs,
+    agent_sent_msgs,
+    auto_generated_msgs,
+    first_rep_response_count,
+    total_seconds_to_first_rep_response,
+    agent_response_count,
+    customer_response_count,
+    total_rep_seconds_to_respond,
+    total_cust_seconds_to_respond,
+    time_in_queue,
+    auto_suggest_msgs,
+    auto_complete_msgs,
+    auto_wait_for_agent_msgs,
+    customer_wait_for_agent_msgs,
+    attempted_chat,
+    out_business_ct,
+    issue_id,
+    rep_sent_msgs,
+    rep_response_count,
+    auto_wait_for_rep_msgs,
+    customer_wait_for_rep_msgs,
+    hold_ct,
+    total_hold_time_seconds,
+    company_name,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

@@ -123,11 +123,57 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as instance_ts,
+            null as company_id,
+            null as company_subdivision,
+            null as company_segments,
+            null as customer_id,
+            null as external_customer_id,
+            null as csid,
+            null as csid_start_ts,
+            null as csid_end_ts,
+            null as agents_involved,
+            null as included_issues,
+            null as is_contained,
+            null as event_count,
+            null as fgsrs_event_count,
+            null as was_enqueued,
+            null as rep_msgs,
+            null as messages_sent,
+            null as has_customer_utterance,
+            null as attempted_escalate,
+            null as last_platform,
+            null as last_device_type,
+            null as first_auth_source,
+            null as last_auth_source,
+            null as distinct_auth_source_path,
+            null as first_auth_external_user_type,
+            null as last_auth_external_user_type,
+            null as first_auth_external_user_id,
+            null as last_auth_external_user_id,
+            null as first_auth_external_token_id,
+            null as last_auth_external_token_id,
+            null as reps_involved,
+            null as company_name,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -145,9 +191,55 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    instance_ts,
+    company_id,
+    company_subdivision,
+    company_segments,
+    customer_id,
+    external_customer_id,
+    csid,
+    csid_start_ts,
+    csid_end_ts,
+    agents_involved,
+    included_issues,
+    is_contained,
+    event_count,
+    fgsrs_event_count,
+    was_enqueued,
+    rep_msgs,
+    messages_sent,
+    has_customer_utterance,
+    attempted_escalate,
+    last_platform,
+    last_device_type,
+    first_auth_source,
+    last_auth_source,
+    distinct_auth_source_path,
+    first_auth_external_user_type,
+    last_auth_external_user_type,
+    first_auth_external_user_id,
+    last_auth_external_user_id,
+    first_auth_external_token_id,
+    last_auth_external_token_id,
+    reps_involved,
+    company_name,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

@@ -99,11 +99,45 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as conversation_id,
+            null as company_id,
+            null as company_subdivision,
+            null as company_segments,
+            null as platform,
+            null as customer_id,
+            null as external_user_id,
+            null as customer_session_id,
+            null as success_rule_id,
+            null as success_event_details,
+            success_event_ts,
+            null as negation_rule_id,
+            negation_event_ts,
+            null as is_flow_success_event,
+            null as is_flow_success_issue,
+            null as issue_id,
+            null as company_name,
+            null as last_relevant_event_ts,
+            null as flow_name,
+            null as flow_status_ts,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -122,9 +156,43 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    conversation_id,
+    company_id,
+    company_subdivision,
+    company_segments,
+    platform,
+    customer_id,
+    external_user_id,
+    customer_session_id,
+    success_rule_id,
+    success_event_details,
+    success_event_ts,
+    negation_rule_id,
+    negation_event_ts,
+    is_flow_success_event,
+    is_flow_success_issue,
+    issue_id,
+    company_name,
+    last_relevant_event_ts,
+    flow_name,
+    flow_status_ts,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

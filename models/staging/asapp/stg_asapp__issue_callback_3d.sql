@@ -93,11 +93,42 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as instance_ts,
+            null as issue_id,
+            null as company_id,
+            null as company_subdivision,
+            null as company_segments,
+            null as customer_id,
+            null as issue_created_ts,
+            null as issue_disconnect_ts,
+            null as issue_cutoff_ts,
+            null as next_callback_issue_id,
+            null as next_callback_issue_created_ts,
+            null as time_btwn_next_callback_issue_seconds,
+            null as callback_prev_issue_id,
+            null as callback_prev_issue_created_ts,
+            null as callback_prev_issue_disconnect_ts,
+            null as time_btwn_callback_prev_issue_seconds,
+            null as company_name,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -115,9 +146,40 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    instance_ts,
+    issue_id,
+    company_id,
+    company_subdivision,
+    company_segments,
+    customer_id,
+    issue_created_ts,
+    issue_disconnect_ts,
+    issue_cutoff_ts,
+    next_callback_issue_id,
+    next_callback_issue_created_ts,
+    time_btwn_next_callback_issue_seconds,
+    callback_prev_issue_id,
+    callback_prev_issue_created_ts,
+    callback_prev_issue_disconnect_ts,
+    time_btwn_callback_prev_issue_seconds,
+    company_name,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

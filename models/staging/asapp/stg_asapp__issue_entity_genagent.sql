@@ -91,11 +91,41 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as company_name,
+            null as issue_id,
+            null as instance_ts,
+            null as generative_agent_turns__turn_ct,
+            null as generative_agent_turns__turn_duration_ms_sum,
+            null as generative_agent_turns__utterance_ct,
+            null as generative_agent_turns__contains_escalation,
+            null as generative_agent_tasks__first_task_name,
+            null as generative_agent_tasks__last_task_name,
+            null as generative_agent_tasks__task_ct,
+            null as generative_agent_tasks__configuration_id,
+            null as generative_agent_tasks__used_hila,
+            null as generative_agent_monitoring__flagged_for_review,
+            null as generative_agent_monitoring__review_flags_ct,
+            null as generative_agent_monitoring__evaluation_ct,
+            null as company_marker,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -113,9 +143,39 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    company_name,
+    issue_id,
+    instance_ts,
+    generative_agent_turns__turn_ct,
+    generative_agent_turns__turn_duration_ms_sum,
+    generative_agent_turns__utterance_ct,
+    generative_agent_turns__contains_escalation,
+    generative_agent_tasks__first_task_name,
+    generative_agent_tasks__last_task_name,
+    generative_agent_tasks__task_ct,
+    generative_agent_tasks__configuration_id,
+    generative_agent_tasks__used_hila,
+    generative_agent_monitoring__flagged_for_review,
+    generative_agent_monitoring__review_flags_ct,
+    generative_agent_monitoring__evaluation_ct,
+    company_marker,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

@@ -99,11 +99,45 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as instance_ts,
+            null as agent_id,
+            null as conversation_id,
+            null as company_subdivision,
+            null as company_segments,
+            null as enter_queue_ts,
+            null as exit_queue_ts,
+            null as queue_id,
+            null as queue_name,
+            null as abandoned,
+            null as enqueue_time,
+            null as exit_queue_eventtype,
+            null as rep_id,
+            null as enter_queue_eventtype,
+            null as enter_queue_eventflags,
+            null as enter_queue_flow_name,
+            null as enter_queue_message_name,
+            null as exit_queue_eventflags,
+            null as issue_id,
+            null as company_name,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -121,9 +155,43 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    instance_ts,
+    agent_id,
+    conversation_id,
+    company_subdivision,
+    company_segments,
+    enter_queue_ts,
+    exit_queue_ts,
+    queue_id,
+    queue_name,
+    abandoned,
+    enqueue_time,
+    exit_queue_eventtype,
+    rep_id,
+    enter_queue_eventtype,
+    enter_queue_eventflags,
+    enter_queue_flow_name,
+    enter_queue_message_name,
+    exit_queue_eventflags,
+    issue_id,
+    company_name,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

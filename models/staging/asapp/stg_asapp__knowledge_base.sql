@@ -95,11 +95,43 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as issue_id,
+            null as company_id,
+            null as article_id,
+            null as interaction,
+            null as is_favorited,
+            null as company_name,
+            null as event_ts,
+            null as event_type,
+            null as event_name,
+            null as rep_id,
+            null as rep_assigned_ts,
+            null as article_category,
+            null as discovery_type,
+            null as position,
+            null as span_id,
+            null as article_name,
+            null as is_paperclip_enabled,
+            null as external_article_id,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -117,9 +149,41 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    issue_id,
+    company_id,
+    article_id,
+    interaction,
+    is_favorited,
+    company_name,
+    event_ts,
+    event_type,
+    event_name,
+    rep_id,
+    rep_assigned_ts,
+    article_category,
+    discovery_type,
+    position,
+    span_id,
+    article_name,
+    is_paperclip_enabled,
+    external_article_id,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

@@ -85,11 +85,38 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as issue_id,
+            null as customer_id,
+            null as company_id,
+            null as instance_ts,
+            null as check_in_ts,
+            null as wait_time_threshold_ts,
+            null as check_in_result,
+            null as check_in_result_ts,
+            null as company_name,
+            null as wait_time_threshold_ct_distinct,
+            null as queue_id,
+            null as queue_name,
+            null as opportunity_ts,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -107,9 +134,36 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    issue_id,
+    customer_id,
+    company_id,
+    instance_ts,
+    check_in_ts,
+    wait_time_threshold_ts,
+    check_in_result,
+    check_in_result_ts,
+    company_name,
+    wait_time_threshold_ct_distinct,
+    queue_id,
+    queue_name,
+    opportunity_ts,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

@@ -107,11 +107,49 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as instance_ts,
+            null as update_ts,
+            null as export_ts,
+            null as agent_id,
+            null as company_subdivision,
+            null as company_segments,
+            null as agent_name,
+            null as status_id,
+            null as status_description,
+            null as orig_status_description,
+            null as in_status_starting_ts,
+            null as linear_ute_time,
+            null as cumul_ute_time,
+            null as unutilized_time,
+            null as window_status_time,
+            null as total_status_time,
+            null as max_slots,
+            null as status_end_ts,
+            null as rep_id,
+            null as rep_name,
+            null as company_name,
+            null as desk_mode,
+            null as last_dispositioned_ts,
+            null as company_id,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -129,9 +167,47 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    instance_ts,
+    update_ts,
+    export_ts,
+    agent_id,
+    company_subdivision,
+    company_segments,
+    agent_name,
+    status_id,
+    status_description,
+    orig_status_description,
+    in_status_starting_ts,
+    linear_ute_time,
+    cumul_ute_time,
+    unutilized_time,
+    window_status_time,
+    total_status_time,
+    max_slots,
+    status_end_ts,
+    rep_id,
+    rep_name,
+    company_name,
+    desk_mode,
+    last_dispositioned_ts,
+    company_id,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

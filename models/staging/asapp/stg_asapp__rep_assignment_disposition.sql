@@ -111,11 +111,51 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as company_id,
+            null as issue_id,
+            null as rep_id,
+            null as rep_assigned_ts,
+            null as disposition_event,
+            null as disposition_notes_txt,
+            null as disposition_notes_valid,
+            null as crm_offered_ts,
+            null as crm_outcome_ts,
+            null as crm_is_success,
+            null as crm_error_type,
+            null as crm_error_source,
+            null as presented_tags,
+            null as selected_tags,
+            null as notes_presented_tags,
+            null as notes_selected_tags,
+            null as assignment_end_presented_tags,
+            null as assignment_end_selected_tags,
+            null as presented_tags_ct_distinct,
+            null as selected_tags_ct_distinct,
+            null as notes_presented_tags_ct_distinct,
+            null as notes_selected_tags_ct_distinct,
+            null as assignment_end_presented_tags_ct_distinct,
+            null as assignment_end_selected_tags_ct_distinct,
+            null as company_name,
+            null as auto_summary_txt,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -133,9 +173,49 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    company_id,
+    issue_id,
+    rep_id,
+    rep_assigned_ts,
+    disposition_event,
+    disposition_notes_txt,
+    disposition_notes_valid,
+    crm_offered_ts,
+    crm_outcome_ts,
+    crm_is_success,
+    crm_error_type,
+    crm_error_source,
+    presented_tags,
+    selected_tags,
+    notes_presented_tags,
+    notes_selected_tags,
+    assignment_end_presented_tags,
+    assignment_end_selected_tags,
+    presented_tags_ct_distinct,
+    selected_tags_ct_distinct,
+    notes_presented_tags_ct_distinct,
+    notes_selected_tags_ct_distinct,
+    assignment_end_presented_tags_ct_distinct,
+    assignment_end_selected_tags_ct_distinct,
+    company_name,
+    auto_summary_txt,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

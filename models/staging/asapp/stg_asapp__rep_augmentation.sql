@@ -115,11 +115,53 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as instance_ts,
+            null as conversation_id,
+            null as company_id,
+            null as company_subdivision,
+            null as company_segments,
+            null as customer_id,
+            null as agent_id,
+            null as external_customer_id,
+            null as conversation_end_ts,
+            null as auto_suggest_msgs,
+            null as auto_complete_msgs,
+            null as did_customer_timeout,
+            null as is_rep_resolved,
+            null as is_billable,
+            null as custom_auto_suggest_msgs,
+            null as custom_auto_complete_msgs,
+            null as drawer_msgs,
+            null as kb_search_msgs,
+            null as kb_recommendation_msgs,
+            null as issue_id,
+            null as rep_id,
+            null as company_name,
+            null as is_autopilot_timeout_msgs,
+            null as phrase_auto_complete_presented_msgs,
+            null as cume_phrase_auto_complete_presented,
+            null as phrase_auto_complete_msgs,
+            null as cume_phrase_auto_complete,
+            null as exclusive_phrase_auto_complete_msgs,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -137,9 +179,51 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    instance_ts,
+    conversation_id,
+    company_id,
+    company_subdivision,
+    company_segments,
+    customer_id,
+    agent_id,
+    external_customer_id,
+    conversation_end_ts,
+    auto_suggest_msgs,
+    auto_complete_msgs,
+    did_customer_timeout,
+    is_rep_resolved,
+    is_billable,
+    custom_auto_suggest_msgs,
+    custom_auto_complete_msgs,
+    drawer_msgs,
+    kb_search_msgs,
+    kb_recommendation_msgs,
+    issue_id,
+    rep_id,
+    company_name,
+    is_autopilot_timeout_msgs,
+    phrase_auto_complete_presented_msgs,
+    cume_phrase_auto_complete_presented,
+    phrase_auto_complete_msgs,
+    cume_phrase_auto_complete,
+    exclusive_phrase_auto_complete_msgs,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

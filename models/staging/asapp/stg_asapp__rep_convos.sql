@@ -165,11 +165,78 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as instance_ts,
+            null as conversation_id,
+            null as agent_id,
+            null as company_subdivision,
+            null as company_segments,
+            null as issue_assigned_ts,
+            null as agent_first_response_ts,
+            null as dispositioned_ts,
+            null as customer_end_ts,
+            null as disposition_event_type,
+            null as cust_utterance_count,
+            null as rep_utterance_count,
+            null as handle_time_seconds,
+            null as lead_time_seconds,
+            null as wrap_up_time_seconds,
+            null as rep_response_ct,
+            null as cust_response_ct,
+            null as auto_suggest_msgs,
+            null as auto_complete_msgs,
+            null as custom_auto_suggest_msgs,
+            null as custom_auto_complete_msgs,
+            null as drawer_msgs,
+            null as kb_search_msgs,
+            null as kb_recommendation_msgs,
+            null as is_ghost_customer,
+            null as first_response_seconds,
+            null as cume_rep_response_seconds,
+            null as max_rep_response_seconds,
+            null as avg_rep_response_seconds,
+            null as cume_cust_response_seconds,
+            null as issue_id,
+            null as rep_id,
+            null as rep_first_response_ts,
+            null as hold_ct,
+            null as cume_hold_time_seconds,
+            null as company_name,
+            null as client_mode,
+            null as cume_cross_talk_seconds,
+            null as desk_mode_flag,
+            null as desk_mode_string,
+            null as queue_id,
+            null as autopilot_timeout_msgs,
+            null as exclusive_phrase_auto_complete_msgs,
+            null as custom_click_to_insert_msgs,
+            null as ms_auto_suggest_msgs,
+            null as ms_auto_complete_msgs,
+            null as ms_auto_suggest_custom_msgs,
+            null as ms_auto_complete_custom_msgs,
+            null as autopilot_form_msgs,
+            null as click_to_insert_global_msgs,
+            null as autopilot_greeting_msgs,
+            null as augmented_msgs,
+            null as autopilot_ending_msgs_ct,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -187,9 +254,76 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    instance_ts,
+    conversation_id,
+    agent_id,
+    company_subdivision,
+    company_segments,
+    issue_assigned_ts,
+    agent_first_response_ts,
+    dispositioned_ts,
+    customer_end_ts,
+    disposition_event_type,
+    cust_utterance_count,
+    rep_utterance_count,
+    handle_time_seconds,
+    lead_time_seconds,
+    wrap_up_time_seconds,
+    rep_response_ct,
+    cust_response_ct,
+    auto_suggest_msgs,
+    auto_complete_msgs,
+    custom_auto_suggest_msgs,
+    custom_auto_complete_msgs,
+    drawer_msgs,
+    kb_search_msgs,
+    kb_recommendation_msgs,
+    is_ghost_customer,
+    first_response_seconds,
+    cume_rep_response_seconds,
+    max_rep_response_seconds,
+    avg_rep_response_seconds,
+    cume_cust_response_seconds,
+    issue_id,
+    rep_id,
+    rep_first_response_ts,
+    hold_ct,
+    cume_hold_time_seconds,
+    company_name,
+    client_mode,
+    cume_cross_talk_seconds,
+    desk_mode_flag,
+    desk_mode_string,
+    queue_id,
+    autopilot_timeout_msgs,
+    exclusive_phrase_auto_complete_msgs,
+    custom_click_to_insert_msgs,
+    ms_auto_suggest_msgs,
+    ms_auto_complete_msgs,
+    ms_auto_suggest_custom_msgs,
+    ms_auto_complete_custom_msgs,
+    autopilot_form_msgs,
+    click_to_insert_global_msgs,
+    autopilot_greeting_msgs,
+    augmented_msgs,
+    autopilot_ending_msgs_ct,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

@@ -147,11 +147,69 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as instance_ts,
+            null as update_ts,
+            null as export_ts,
+            null as company_id,
+            null as company_subdivision,
+            null as company_segments,
+            null as rep_id,
+            null as rep_name,
+            null as max_slots,
+            null as cum_logged_in_min,
+            null as lin_logged_in_min,
+            null as cum_avail_min,
+            null as lin_avail_min,
+            null as cum_busy_min,
+            null as lin_busy_min,
+            null as cum_prebreak_min,
+            null as lin_prebreak_min,
+            null as cum_ute_total_min,
+            null as lin_ute_total_min,
+            null as cum_ute_avail_min,
+            null as lin_ute_avail_min,
+            null as cum_ute_busy_min,
+            null as lin_ute_busy_min,
+            null as cum_ute_prebreak_min,
+            null as lin_ute_prebreak_min,
+            null as labor_min,
+            null as busy_clicks_ct,
+            null as ute_ratio,
+            null as act_ratio,
+            null as company_name,
+            null as desk_mode,
+            null as lin_utilization_level_over_min,
+            null as lin_utilization_level_full_min,
+            null as lin_utilization_level_light_min,
+            null as workload_level_no_min,
+            null as workload_level_over_min,
+            null as workload_level_full_min,
+            null as workload_level_light_min,
+            null as flex_protect_min,
+            null as cum_weighted_min,
+            null as cum_weighted_seconds,
+            null as cum_ute_weighted_avail_unflexed_seconds,
+            null as cum_weighted_inactive_seconds,
+            null as company_marker,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -169,9 +227,67 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    instance_ts,
+    update_ts,
+    export_ts,
+    company_id,
+    company_subdivision,
+    company_segments,
+    rep_id,
+    rep_name,
+    max_slots,
+    cum_logged_in_min,
+    lin_logged_in_min,
+    cum_avail_min,
+    lin_avail_min,
+    cum_busy_min,
+    lin_busy_min,
+    cum_prebreak_min,
+    lin_prebreak_min,
+    cum_ute_total_min,
+    lin_ute_total_min,
+    cum_ute_avail_min,
+    lin_ute_avail_min,
+    cum_ute_busy_min,
+    lin_ute_busy_min,
+    cum_ute_prebreak_min,
+    lin_ute_prebreak_min,
+    labor_min,
+    busy_clicks_ct,
+    ute_ratio,
+    act_ratio,
+    company_name,
+    desk_mode,
+    lin_utilization_level_over_min,
+    lin_utilization_level_full_min,
+    lin_utilization_level_light_min,
+    workload_level_no_min,
+    workload_level_over_min,
+    workload_level_full_min,
+    workload_level_light_min,
+    flex_protect_min,
+    cum_weighted_min,
+    cum_weighted_seconds,
+    cum_ute_weighted_avail_unflexed_seconds,
+    cum_weighted_inactive_seconds,
+    company_marker,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

@@ -113,11 +113,52 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as instance_ts,
+            null as timestamp_req,
+            null as timestamp_reply,
+            null as conversation_id,
+            null as agent_id,
+            null as company_id,
+            null as company_subdivision,
+            null as company_segments,
+            null as requested_agent_transfer,
+            null as group_transfer_to,
+            null as group_transfer_to_name,
+            null as group_transfer_from,
+            null as group_transfer_from_name,
+            null as actual_agent_transfer,
+            null as accepted,
+            null as is_auto_transfer,
+            null as exit_transfer_event_type,
+            null as transfer_button_clicks,
+            null as issue_id,
+            null as rep_id,
+            null as requested_rep_transfer,
+            null as actual_rep_transfer,
+            null as company_name,
+            null as requested_group_transfer_id,
+            null as requested_group_transfer_name,
+            null as route_code_to,
+            null as route_code_from,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -135,9 +176,50 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    instance_ts,
+    timestamp_req,
+    timestamp_reply,
+    conversation_id,
+    agent_id,
+    company_id,
+    company_subdivision,
+    company_segments,
+    requested_agent_transfer,
+    group_transfer_to,
+    group_transfer_to_name,
+    group_transfer_from,
+    group_transfer_from_name,
+    actual_agent_transfer,
+    accepted,
+    is_auto_transfer,
+    exit_transfer_event_type,
+    transfer_button_clicks,
+    issue_id,
+    rep_id,
+    requested_rep_transfer,
+    actual_rep_transfer,
+    company_name,
+    requested_group_transfer_id,
+    requested_group_transfer_name,
+    route_code_to,
+    route_code_from,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}

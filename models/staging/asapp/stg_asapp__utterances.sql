@@ -93,11 +93,42 @@ typed as (
 
 candidates as (
 
-    select * from typed
+    select
+        *,
+        false as _asapp_staged
+    from typed
     {% if is_incremental() %}
-        -- rows already staged for the keys that arrived, so a late older version cannot win
+        -- the versions already staged of the keys that arrived, so a late older version cannot win;
+        -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select {{ staged_columns | join(', ') }}
+        select
+            null as instance_ts,
+            null as created_ts,
+            null as conversation_id,
+            null as company_subdivision,
+            null as company_segments,
+            null as sequence_id,
+            null as sender_id,
+            null as sender_type,
+            null as utterance_type,
+            null as sent_to_agent,
+            null as utterance,
+            null as issue_id,
+            null as sent_to_rep,
+            null as utterance_start_ts,
+            null as utterance_end_ts,
+            null as company_name,
+            null as event_uuid,
+            _asapp_record_key,
+            null as _asapp_feed,
+            null as _asapp_version,
+            _asapp_partition_at,
+            _asapp_file,
+            _asapp_split,
+            _asapp_line,
+            null as _asapp_loaded_at,
+            null as _dlt_load_id,
+            true as _asapp_staged
         from {{ this }} as this_model
         where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
     {% endif %}
@@ -115,9 +146,40 @@ deduplicated as (
             '_asapp_file desc',
             '_asapp_line desc',
         ],
-        columns=staged_columns,
+        columns=staged_columns + ['_asapp_staged'],
     ) }}
 
 )
 
-select * from deduplicated
+select
+    instance_ts,
+    created_ts,
+    conversation_id,
+    company_subdivision,
+    company_segments,
+    sequence_id,
+    sender_id,
+    sender_type,
+    utterance_type,
+    sent_to_agent,
+    utterance,
+    issue_id,
+    sent_to_rep,
+    utterance_start_ts,
+    utterance_end_ts,
+    company_name,
+    event_uuid,
+    _asapp_record_key,
+    _asapp_feed,
+    _asapp_version,
+    _asapp_partition_at,
+    _asapp_file,
+    _asapp_split,
+    _asapp_line,
+    _asapp_loaded_at,
+    _dlt_load_id
+from deduplicated
+{% if is_incremental() %}
+    -- a key whose staged version stays the latest is left as it is
+    where not _asapp_staged
+{% endif %}
