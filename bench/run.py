@@ -12,10 +12,11 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
@@ -24,6 +25,7 @@ from bench.trees import FEEDS, START, TreeInfo, history_tree, line, sized_tree
 from loaders.sandbox.openssh import OpenSshServer, Sshd
 
 PROJECT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 PY = sys.executable
 ELT = str(Path(PY).parent / "elt")
 
@@ -46,9 +48,13 @@ class Report:
     checks: list[tuple[str, str, bool]] = field(default_factory=list)  # target, measured, met
 
 
+def median(items: list[T], key: Callable[[T], float]) -> T:
+    """The item in the middle by key."""
+    return sorted(items, key=key)[len(items) // 2]
+
+
 def median_run(runs: list[Run]) -> Run:
-    runs = sorted(runs, key=lambda r: r.seconds)
-    return runs[len(runs) // 2]
+    return median(runs, key=lambda r: r.seconds)
 
 
 def limit_path(sshd: Sshd, tree: TreeInfo, work: Path) -> tuple[float, float]:
@@ -209,18 +215,18 @@ def main(argv: list[str] | None = None) -> Report:
             fulls.append((dbt_model_seconds(Path(env["DBT_TARGET_PATH"])), full_run))
             # 1% new rows in each feed, in a partition of their own, loaded; then the incremental run
             at = START + timedelta(days=1, hours=i)
+            first_id = 10**9 + i * new_rows
             for feed in FEEDS:
                 d = tree.root / feed / "version=1" / "format=jsonl" / f"dt={at:%Y-%m-%d}" / f"hr={at:%H}" / "mi=00"
                 d.mkdir(parents=True)
-                first_id = 10**9 + i * new_rows
                 (d / f"{feed}.jsonl").write_text("".join(line(feed, first_id + k, at) for k in range(new_rows)))
                 (d / "_SUCCESS").write_bytes(b"")
             run([ELT, "load", "asapp"], env, cwd=PROJECT)
             log(f"dbt incremental run over 1% new rows in each feed ({i + 1}/{args.repeat})")
             incr_run = run([ELT, "build", "--select", *models], env, cwd=PROJECT)
             incrs.append((dbt_model_seconds(Path(env["DBT_TARGET_PATH"])), incr_run))
-        full_model, full = sorted(fulls, key=lambda m: m[0])[len(fulls) // 2]
-        incr_model, incr = sorted(incrs, key=lambda m: m[0])[len(incrs) // 2]
+        full_model, full = median(fulls, key=lambda m: m[0])
+        incr_model, incr = median(incrs, key=lambda m: m[0])
         report.rows.append(
             Row(
                 f"dbt full refresh, {len(models)} staging models (model time)",

@@ -265,9 +265,9 @@ class ApsisClient:
         self, request: ExportRequest, workdir: Path | None = None, path: str = settings.EXPORT_PATH
     ) -> Path:
         """Request, poll and download one export into a (decompressed-on-read) temporary file."""
+        prefix = runtime.scratch_prefix("apsis-export", workdir)
         for attempt in range(1, settings.MAX_EXPORT_ATTEMPTS + 1):
             poll_url = self.request_export(request, path)
-            prefix = runtime.scratch_prefix("apsis-export", workdir)
             with tempfile.NamedTemporaryFile(prefix=prefix, suffix=".json", dir=workdir, delete=False) as f:
                 try:
                     encoding = self.download(poll_url, f)
