@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from loaders.asapp_sftp.connection import WINDOW_BYTES, connect_sftp
 from loaders.pipelines import load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
+from loaders.sandbox.openssh import Sshd
 from tests.python.helpers import Warehouse, elt, query, scalar
 
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
@@ -190,6 +192,21 @@ def test_untrusted_host_or_key_is_refused(
     assert not warehouse.exists() or not query(
         warehouse, "select 1 from information_schema.tables where table_name = 'convos_intents'"
     )
+
+
+def test_downloads_use_aes_gcm_and_a_wide_window(sshd: Sshd) -> None:
+    client = connect_sftp("127.0.0.1", sshd.port, sshd.username, str(sshd.client_key), str(sshd.known_hosts))
+    try:
+        transport = client.get_transport()
+        assert transport is not None
+        # OpenSSH offers AES-GCM; paramiko alone would pick aes128-ctr with a separate HMAC
+        assert transport.remote_cipher.endswith("-gcm@openssh.com")
+        sftp = client.open_sftp()
+        channel = sftp.get_channel()
+        assert channel is not None and channel.in_window_size == WINDOW_BYTES > 2 * 2**20
+        sftp.close()
+    finally:
+        client.close()
 
 
 def test_partition_dir_layout(tmp_path: Path) -> None:
