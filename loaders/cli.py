@@ -116,8 +116,9 @@ def _print_load_summary(stats: Any) -> None:
             out.print(f"[red]failed[/] {feed} {escape(failure)} (retried by the next run)")
         for column, d in sorted(s.drift.items()):
             out.print(
-                f"[yellow]type drift[/] {feed}.{column}: {d.values} value(s) are not {d.documented} as documented; "
-                f"kept as text in asapp_raw.{feed}, null in staging (its asapp_cast_failures test warns)"
+                f"[yellow]type drift[/] {feed}.{column}: {d.values} value(s) are not {d.documented}: "
+                f"null in that column, kept as sent in asapp_raw.{feed}._asapp_untyped (the asapp_cast_failures test "
+                "warns)"
             )
         if s.encrypted:
             out.print(

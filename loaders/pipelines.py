@@ -99,16 +99,35 @@ def project_export_docs() -> ExportDocs:
     return _read_export_docs(path, mtime_ns)
 
 
-class DocumentedTypes:
-    """feed -> {column: canonical type} from the project's export_docs.yaml, read on the first .get()."""
+def raw_type(column: Any) -> str:
+    """The canonical type (loaders/export_docs/model.py) of a raw column as dlt's schema holds it."""
+    data_type = column.get("data_type")
+    if data_type == "bigint":
+        return "integer" if column.get("precision") == 32 else "bigint"
+    if data_type == "decimal" and column.get("precision") is not None:
+        return f"numeric({column['precision']},{column.get('scale') or 0})"
+    return {"double": "double", "bool": "boolean", "timestamp": "timestamp", "date": "date"}.get(data_type, "varchar")
 
-    def __init__(self) -> None:
-        self._types: dict[str, dict[str, str]] | None = None
+
+class ColumnTypes:
+    """feed -> {column: canonical type} the load casts each value to: the type the raw table already has for the
+    column (a raw column never changes type: one created as text stays text), else the type documented in the
+    project's export_docs.yaml (read on the first .get()); any other column is text."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self._pipeline = pipeline
+        self._documented: dict[str, dict[str, str]] | None = None
 
     def get(self, feed: str) -> dict[str, str] | None:
-        if self._types is None:
-            self._types = {f.name: {c.name: c.type for c in f.columns} for f in project_export_docs()}
-        return self._types.get(feed)
+        if self._documented is None:
+            self._documented = {f.name: {c.name: c.type for c in f.columns} for f in project_export_docs()}
+        types = dict(self._documented.get(feed) or {})
+        schema = self._pipeline.default_schema if self._pipeline.default_schema_name else None
+        if schema is not None and feed in schema.tables:
+            for name, column in schema.tables[feed].get("columns", {}).items():
+                if column.get("data_type") and not name.startswith("_"):
+                    types[name] = raw_type(column)
+        return types or None
 
 
 class SchemaDriftError(RuntimeError):
@@ -199,7 +218,7 @@ def load_asapp(
         options["max_bad_lines"] = max_bad_lines
     # once: later chunks of this load are in dlt's state; only an earlier, interrupted run can be missing from it
     options["landed"] = landed_partitions(pipeline)
-    options["column_types"] = DocumentedTypes()
+    options["column_types"] = ColumnTypes(pipeline)
     first = True
     while first or any(s.more for s in stats.feeds.values()):
         # a long backfill goes in chunks of max_partitions per feed, each committed before the next is read

@@ -10,6 +10,36 @@
     {{ return(adapter.dispatch('asapp_cast', 'asapp_elt')(column, type)) }}
 {%- endmacro %}
 
+{#
+    asapp_type(type): the SQL type of a canonical type on this engine: the type asapp_cast returns.
+#}
+{% macro asapp_type(type) -%}
+    {{ return(adapter.dispatch('asapp_type', 'asapp_elt')(type)) }}
+{%- endmacro %}
+
+{% macro default__asapp_type(type) -%}
+    {%- set t = type | lower -%}
+    {%- if t == 'varchar' -%} {{ dbt.type_string() }}
+    {%- elif t == 'timestamp' -%} {{ dbt.type_timestamp() }}
+    {%- elif t == 'bigint' -%} {{ dbt.type_bigint() }}
+    {%- elif t == 'integer' -%} {{ dbt.type_int() }}
+    {%- elif t == 'double' -%} {{ dbt.type_float() }}
+    {%- else -%} {{ t }}
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro duckdb__asapp_type(type) -%}
+    {{ type | lower }}
+{%- endmacro %}
+
+{% macro postgres__asapp_type(type) -%}
+    {%- set t = type | lower -%}
+    {%- if t == 'varchar' -%} text
+    {%- elif t == 'double' -%} double precision
+    {%- else -%} {{ t }}
+    {%- endif -%}
+{%- endmacro %}
+
 {% macro default__asapp_cast(column, type) -%}
     {%- set t = type | lower -%}
     {%- if t == 'varchar' -%}

@@ -1,6 +1,9 @@
 {#
-    asapp_raw_source(relation, columns): an ASAPP raw feed table with exactly the documented columns (as text)
-    and the lineage columns; see relation_or_empty for what happens when columns or the table are missing.
+    asapp_raw_source(relation, columns): an ASAPP raw feed table with exactly the documented columns, each of its
+    documented type (columns: name -> canonical type), and the lineage columns. The load lands documented columns
+    typed, so they are selected as they are; a raw column that holds text instead (a table loaded before raw
+    columns were typed, or a column that was undocumented when it first arrived) is cast by asapp_cast. A missing
+    column is null, a missing table gives no rows (see relation_or_empty).
 #}
 {% macro asapp_lineage_columns() -%}
     {{ return({
@@ -16,10 +19,27 @@
 {%- endmacro %}
 
 {% macro asapp_raw_source(relation, columns) -%}
-    {%- set typed = {} -%}
-    {%- for name in columns -%}
-        {%- do typed.update({name: dbt.type_string()}) -%}
-    {%- endfor -%}
-    {%- do typed.update(asapp_lineage_columns()) -%}
-    {{ relation_or_empty(relation, typed) }}
+    {%- set found, existing = asapp_existing_columns(relation) -%}
+    select
+    {%- for name, type in columns.items() %}
+        {% if name in existing and type != 'varchar' and existing[name].is_string() -%}
+            {{ asapp_cast(adapter.quote(name), type) }}
+        {%- elif name in existing -%}
+            cast({{ adapter.quote(name) }} as {{ asapp_type(type) }})
+        {%- else -%}
+            cast(null as {{ asapp_type(type) }})
+        {%- endif %} as {{ name }},
+    {%- endfor %}
+    {%- for name, type in asapp_lineage_columns().items() %}
+        {% if name in existing -%}
+            cast({{ adapter.quote(name) }} as {{ type }})
+        {%- else -%}
+            cast(null as {{ type }})
+        {%- endif %} as {{ name }}{{ ',' if not loop.last }}
+    {%- endfor %}
+    {% if found is not none -%}
+    from {{ found }}
+    {%- else -%}
+    where 1 = 0
+    {%- endif %}
 {%- endmacro %}

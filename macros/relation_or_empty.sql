@@ -1,20 +1,20 @@
 {#
-    asapp_existing_columns(relation): (the relation as found in the warehouse's catalog or none, the lowercase
-    names of its columns). Empty outside execution (parsing) and for a relation that does not exist yet.
+    asapp_existing_columns(relation): (the relation as found in the warehouse's catalog or none, its columns by
+    lowercase name). Empty outside execution (parsing) and for a relation that does not exist yet.
 #}
 {% macro asapp_existing_columns(relation) -%}
-    {%- set names = [] -%}
+    {%- set columns = {} -%}
     {%- set found = none -%}
     {%- if execute -%}
         {%- set found = adapter.get_relation(
             database=relation.database, schema=relation.schema, identifier=relation.identifier) -%}
         {%- if found is not none -%}
             {%- for c in adapter.get_columns_in_relation(found) -%}
-                {%- do names.append(c.name | lower) -%}
+                {%- do columns.update({c.name | lower: c}) -%}
             {%- endfor -%}
         {%- endif -%}
     {%- endif -%}
-    {{ return((found, names)) }}
+    {{ return((found, columns)) }}
 {%- endmacro %}
 
 {#

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dlt
+import pyarrow as pa
 from dlt.common.schema.typing import TColumnSchema
 from dlt.common.typing import TSecretStrValue
 from dlt.sources import DltResource
@@ -64,6 +65,7 @@ LINEAGE_HINTS: dict[str, TColumnSchema] = {
     "_asapp_split": {"data_type": "bigint"},
     "_asapp_line": {"data_type": "bigint"},
     "_asapp_loaded_at": {"data_type": "timestamp", "timezone": False},
+    "_asapp_untyped": {"data_type": "text"},  # values that did not cast to their column's type, as JSON
 }
 
 
@@ -194,11 +196,23 @@ def _feed_partitions(
             readable = readable[:max_partitions]  # oldest first: the rest in the next run of this load
             # looked up only when something is read: a run with nothing new does not parse export_docs.yaml
             types = column_types.get(feed) if column_types is not None and readable else None
+            # dlt takes a timestamp's zone from hints, not from Arrow: without one a typed (naive, UTC) timestamp
+            # column would be created WITH TIME ZONE. Given with the first rows that have the column (a hint for
+            # an absent column would create it, and dlt would then rewrite every file to add it).
+            timestamps = {c for c, t in (types or {}).items() if t == "timestamp"}
             for partition, files, prepared, problem in reader.downloaded(readable):
                 try:
                     if problem:  # nothing of it is yielded: a partition loads whole or not at all
                         raise PartitionError(problem)
-                    yield from _read_partition(reader, partition, files, prepared, fstats, types)
+                    for item in _read_partition(reader, partition, files, prepared, fstats, types):
+                        if timestamps and isinstance(item, pa.RecordBatch) and timestamps & set(item.schema.names):
+                            hints: dict[str, TColumnSchema] = {
+                                c: {"data_type": "timestamp", "timezone": False}
+                                for c in timestamps & set(item.schema.names)
+                            }
+                            timestamps -= set(hints)
+                            item = dlt.mark.with_hints(item, dlt.mark.make_hints(columns=hints))  # kept by the resource
+                        yield item
                 except PartitionError as e:
                     # nothing of it was yielded: not recorded as loaded but kept waiting, so the next run lists
                     # it again however far the other partitions have moved on
@@ -310,9 +324,9 @@ def asapp_sftp(
             --decrypt`) with the keyring in gnupg_home (or decrypt_command "gpg": the default keyring) and the key's
             passphrase; or any other command reading the encrypted file on stdin and writing the plain file to
             stdout. Without either, partitions with `.enc` files are skipped and listed, never loaded as garbage.
-        column_types: feed -> {column: canonical type} from export_docs.yaml (anything with .get(feed), asked
-            only when the feed has partitions to read): values that do not cast to their type are counted
-            (FeedStats.drift) and still land, as text.
+        column_types: feed -> {column: canonical type} the values are cast to (anything with .get(feed), asked
+            only when the feed has partitions to read; other columns land as text): a value that does not cast
+            lands in the row's _asapp_untyped as sent, and is counted (FeedStats.drift).
         landed: feed -> {(version, partition time)} whose rows are already in the destination: never read again,
             even if dlt's local state lost them (a process killed between committing a package and its state).
         stats: a LoadStats to fill with the run's counts.

@@ -259,21 +259,30 @@ class TypeDrift:
     values: int = 0
 
 
-def _cast(column: str, canonical: str) -> str:
-    """DuckDB expression casting a raw text column to its canonical type, null when it does not cast: the rule of
-    the asapp_cast macro (macros/asapp_cast.sql) that staging applies."""
-    v = _quote(column)
+def duckdb_type(canonical: str) -> str:
+    """The DuckDB type of a canonical type (loaders/export_docs/model.py: canonical_type)."""
+    return "decimal" + canonical[len("numeric") :] if canonical.startswith("numeric") else canonical
+
+
+def _cast(v: str, canonical: str) -> str:
+    """DuckDB expression casting the text expression v to its canonical type, null when it does not cast: the
+    rule of the duckdb asapp_cast macro (macros/asapp_cast.sql)."""
     if canonical == "timestamp":
         return (
-            f"coalesce(try_cast({v} as timestamptz), try_cast({v} as timestamp), "
+            rf"coalesce(case when regexp_matches({v}, '\d:\d\d(\.\d+)?\s*([zZ]|[+-]\d\d(:?\d\d)?)$') "
+            f"then timezone('UTC', try_cast({v} as timestamptz)) end, try_cast({v} as timestamp), "
             f"try_strptime(left({v}, 19), '%Y-%m-%d %H:%M:%S'), try_strptime(left({v}, 19), '%Y-%m-%dT%H:%M:%S'))"
         )
     if canonical == "date":
         return f"try_cast(left({v}, 10) as date)"
-    return f"try_cast({v} as {canonical})"
+    return f"try_cast({v} as {duckdb_type(canonical)})"
 
 
 REJECT_MARK = "_asapp_rejected"  # marker row standing in for a rejected (1) or blank (0) line
+# Values that did not cast to their column's type, as a JSON object {column: the value as sent}; null on the rows
+# (nearly all) whose every value cast. Nothing is lost, and the typed column holds null for them.
+UNTYPED = "_asapp_untyped"
+_RAW = "_asapp_text__"  # prefix of the text of a typed column, inside the read query
 
 
 @dataclass(frozen=True)
@@ -294,8 +303,10 @@ class PreparedPartition:
 class PartitionReader:
     """Downloads a partition's files (paramiko prefetch) and reads them with DuckDB into Arrow batches.
 
-    Every JSON value lands as text: scalars as their JSON text (strings unquoted), objects and arrays as JSON.
-    Typing happens in staging from export_docs.yaml, so a value whose type drifts is never lost or rejected.
+    A column with a type (documented in export_docs.yaml, or the raw table's) lands typed, cast by the rule staging
+    applies to text (macros/asapp_cast.sql); every other value lands as text: scalars as their JSON text (strings
+    unquoted), objects and arrays as JSON. A value that does not cast to its column's type is kept as sent in the
+    row's _asapp_untyped (type drift: never lost, never rejected).
     """
 
     def __init__(
@@ -316,21 +327,14 @@ class PartitionReader:
         self.con = duckdb.connect()  # the read, in the caller's thread
         self.con.execute("set preserve_insertion_order = true")
         self.check_con = duckdb.connect()  # the checks, in the download thread
-        # Type drift is counted on its own connection (a query on self.con would end the result stream read() is
-        # handing out) in its own thread, beside dlt writing the same batches: DuckDB releases the GIL.
-        self.drift_con = duckdb.connect()
-        self._drift_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="type-drift")
-        self._drift_pending: deque[Future[None]] = deque()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftp-download")
 
     def close(self) -> None:
         self.channel.abort()  # a download still waiting for the server gives up: the run is ending
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._drift_pool.shutdown(wait=True)
         self.channel.close()
         self.con.close()
         self.check_con.close()
-        self.drift_con.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _fetch(self, n: int, partition: Partition, files: list[DataFile]) -> tuple[PreparedPartition, str | None]:
@@ -479,17 +483,23 @@ class PartitionReader:
         types: dict[str, str] | None = None,
         drift: dict[str, TypeDrift] | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """The prepared partition's rows in Arrow batches (every value as text, lineage columns added). With the
-        feed's documented types, values that will not cast to theirs are counted into drift (type drift: the
-        value still lands, as text; staging makes it null and its asapp_cast_failures test warns)."""
+        """The prepared partition's rows in Arrow batches, lineage columns added. types: column -> canonical type
+        (the others land as text); values that will not cast to theirs are kept in _asapp_untyped and counted
+        into drift."""
         for f, path, keys in prepared.files:
             if not keys:
                 continue
-            checks = {k: types[k] for k in keys if types and types.get(k, "varchar") != "varchar"}
-            source = _sql_str(str(path))
+            typed = {k: types[k] for k in keys if types and types.get(k, "varchar") != "varchar"}
             marked = path.name.endswith(".clean.jsonl")
             read_keys = [*keys, REJECT_MARK] if marked else keys
             columns = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in read_keys) + "}"
+            rows = (
+                f"select *, row_number() over () as _asapp_line from read_json({_sql_str(str(path))}, "
+                f"format='newline_delimited', compression='uncompressed', columns={columns}, "
+                f"maximum_object_size={settings.MAX_LINE_BYTES})"
+            )
+            if marked:
+                rows = f"select * from ({rows}) where {_quote(REJECT_MARK)} is null"
             lineage = (
                 f"{_sql_str(partition.feed)} as _asapp_feed, {_sql_str(partition.version)} as _asapp_version, "
                 f"timestamp {_sql_str(partition.at.strftime('%Y-%m-%d %H:%M:%S'))} as _asapp_partition_at, "
@@ -498,40 +508,34 @@ class PartitionReader:
                 f"_asapp_line, "
                 f"timestamp {_sql_str(loaded_at.strftime('%Y-%m-%d %H:%M:%S.%f'))} as _asapp_loaded_at"
             )
-            query = (
-                f"select {', '.join(_quote(k) for k in keys)}, {lineage} from ("
-                f"select *, row_number() over () as _asapp_line from read_json({source}, "
-                f"format='newline_delimited', compression='uncompressed', columns={columns}, "
-                f"maximum_object_size={settings.MAX_LINE_BYTES}))"
-                + (f" where {_quote(REJECT_MARK)} is null" if marked else "")
-            )
-            for batch in self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS):
-                if checks and drift is not None:
-                    while len(self._drift_pending) > 2:  # a bounded queue: batches are not held in memory
-                        self._drift_pending.popleft().result()
-                    self._drift_pending.append(self._drift_pool.submit(self._count_drift, batch, checks, drift))
-                yield batch
-        self.settle_drift()  # the partition's counts are complete when its last row is handed out
-
-    def settle_drift(self) -> None:
-        """Wait for the drift counts still running."""
-        while self._drift_pending:
-            self._drift_pending.popleft().result()
-
-    def _count_drift(self, batch: pa.RecordBatch, checks: dict[str, str], drift: dict[str, TypeDrift]) -> None:
-        """Count the batch's values that do not cast to their documented type (the rule of staging on DuckDB)."""
-        columns = list(checks)
-        counts = (
-            self.drift_con.from_arrow(pa.Table.from_batches([batch]))
-            .aggregate(
-                ", ".join(
-                    f"count(*) filter (where {_quote(c)} is not null and {_cast(c, checks[c])} is null)"
-                    for c in columns
+            query = f"select {', '.join(_quote(k) for k in keys)}, {lineage}"
+            if typed:
+                # cast once, keeping the text beside it until the drifted values have been picked out
+                cast = ", ".join(
+                    f"{_cast(_quote(k), typed[k])} as {_quote(k)}, {_quote(k)} as {_quote(_RAW + k)}"
+                    if k in typed
+                    else _quote(k)
+                    for k in keys
                 )
-            )
-            .fetchone()
-        )
-        for column, n in zip(columns, counts or (), strict=True):
-            if n:
-                found = drift.setdefault(column, TypeDrift(checks[column]))
-                found.values += int(n)
+                failed = {
+                    k: f"({_quote(k)} is null and trim({_quote(_RAW + k)}) <> '')"  # a blank value is no value
+                    for k in typed
+                }
+                entries = ", ".join(
+                    f"case when {cond} then {_sql_str(json.dumps(k))} || ':' || to_json({_quote(_RAW + k)}) end"
+                    for k, cond in failed.items()
+                )
+                query += (
+                    f", case when {' or '.join(failed.values())} then '{{' || concat_ws(',', {entries}) || '}}' end "
+                    f"as {UNTYPED} from (select {cast}, _asapp_line from ({rows}))"
+                )
+            else:
+                query += f" from ({rows})"
+            for batch in self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS):
+                if typed and drift is not None:
+                    untyped = batch.column(UNTYPED)
+                    if untyped.null_count < len(untyped):  # rare: counted in Python
+                        for text in untyped.drop_null().to_pylist():
+                            for k in json.loads(text):
+                                drift.setdefault(k, TypeDrift(typed[k])).values += 1
+                yield batch

@@ -105,7 +105,8 @@ def sources_yaml(docs: ExportDocs) -> str:
             {
                 "name": SOURCE_NAME,
                 "description": "ASAPP Messaging exports as landed by `elt load asapp` (dlt), one table per feed; "
-                "every value is the exported JSON text, typing happens in staging.",
+                "documented columns in their type, other values as the exported JSON text; a value that did not cast "
+                "is kept as sent in _asapp_untyped.",
                 "schema": RAW_SCHEMA,
                 "config": {"loaded_at_field": "_asapp_loaded_at"},
                 "tables": tables,
@@ -186,8 +187,8 @@ def staging_sql(feed: Feed) -> str:
         )
     else:
         config = "{{ config(materialized='view') }}\n"
-    columns_list = ",\n        ".join(f"'{n}'" for n in feed.column_names)
-    casts = ",\n        ".join(f"{{{{ asapp_cast('{c.name}', '{c.type}') }}}} as {c.name}" for c in feed.columns)
+    columns_types = ",\n        ".join(f"'{c.name}': '{c.type}'" for c in feed.columns)
+    documented = ",\n        ".join(feed.column_names)
     lineage_names = [n for n in LINEAGE_DOCS if n != "_asapp_record_key"]
     lineage = ",\n        ".join(lineage_names)
     lineage_list = ",\n        ".join(f"'{n}'" for n in lineage_names)
@@ -201,7 +202,7 @@ def staging_sql(feed: Feed) -> str:
         missing = [c for c in ordering_columns(feed.ordering_key) if c not in feed.column_names]
         assert not missing, f"{feed.name}: ordering columns {missing} not resolved by the parser"
     incremental_filter = ""
-    candidates = "typed"
+    candidates = "keyed"
     incremental_cte = ""
     final_select = "select * from deduplicated\n"
     dedup_columns = "staged_columns"
@@ -219,13 +220,13 @@ def staging_sql(feed: Feed) -> str:
         deciding = {"_asapp_record_key", *(ordering_columns(feed.ordering_key) if ordering else []), *INSERTION_COLUMNS}
         staged_select = ",\n            ".join(c if c in deciding else f"null as {c}" for c in staged_names)
         incremental_cte = (
-            "candidates as (\n\n    select\n        *,\n        false as _asapp_staged\n    from typed\n"
+            "candidates as (\n\n    select\n        *,\n        false as _asapp_staged\n    from keyed\n"
             "    {% if is_incremental() %}\n"
             "        -- the versions already staged of the keys that arrived, so a late older version cannot win;\n"
             "        -- only the columns that order them are read (a narrow scan of the staged table)\n"
             f"        union all\n        select\n            {staged_select},\n            true as _asapp_staged\n"
             "        from {{ this }} as this_model\n"
-            "        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)\n"
+            "        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)\n"
             "    {% endif %}\n\n),\n\n"
         )
         candidates = "candidates"
@@ -237,10 +238,10 @@ def staging_sql(feed: Feed) -> str:
         dedup_columns = "staged_columns + ['_asapp_staged']"
     return f"""-- {GENERATED_MARK} (feed {feed.name}, version {feed.version})
 {config}
-{{%- set columns = [
-        {columns_list},
-] -%}}
-{{%- set staged_columns = columns + [
+{{%- set columns = {{
+        {columns_types},
+}} -%}}
+{{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         {lineage_list},
 ] -%}}
@@ -256,10 +257,10 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {casts},
+        {documented},
         {{{{ asapp_record_key([{key_list}]) }}}} as _asapp_record_key,
         {lineage}
 

@@ -79,7 +79,7 @@ def test_generated_staging_model_shape() -> None:
     assert "materialized='incremental'" in sql  # hourly feed
     assert "'coalesce(success_event_ts, negation_event_ts) desc nulls last'" in sql
     assert "asapp_record_key(['company_id', 'issue_id', 'flow_name', 'flow_status_ts', 'success_event_details'])" in sql
-    assert "{{ asapp_cast('flow_status_ts', 'timestamp') }}" in sql
+    assert "'flow_status_ts': 'timestamp'," in sql  # the documented type, cast by the load or asapp_raw_source
     assert "materialized='view'" in codegen.staging_sql(DOCS["reps"])  # daily feed
 
 

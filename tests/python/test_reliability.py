@@ -4,6 +4,7 @@ retried; encrypted files are never loaded as garbage; key permissions are checke
 from __future__ import annotations
 
 import gzip
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -161,7 +162,7 @@ def test_valid_json_that_is_not_an_object_is_rejected_and_an_empty_object_is_a_r
     stats = load_asapp()
     assert stats.feeds["convos_intents"].rows == 3 and stats.feeds["convos_intents"].rejected == 2
     got = query(warehouse, "select issue_id, _asapp_line from asapp_raw.convos_intents order by _asapp_line")
-    assert got == [("1", 1), (None, 2), ("5", 5)]
+    assert got == [(1, 1), (None, 2), (5, 5)]
     rejects = query(warehouse, "select line, raw_text from asapp_raw._rejects order by line")
     assert rejects == [(3, "[2, 3]"), (4, '"four"')]
 
@@ -185,8 +186,8 @@ def test_very_long_line_loads_whole(exports: Path, warehouse: Warehouse) -> None
     stats = load_asapp()
     assert stats.feeds["convos_intents"].rows == 2 and not stats.feeds["convos_intents"].failed
     assert query(warehouse, "select issue_id, length(blob) from asapp_raw.convos_intents order by 1") == [
-        ("1", 11_000_000),
-        ("2", 22_000_000),
+        (1, 11_000_000),
+        (2, 22_000_000),
     ]
 
 
@@ -210,8 +211,24 @@ def test_type_drift_loads_every_value_and_the_summary_says_so(exports: Path, war
     assert "type drift convos_intents.ftd_visit: 1 value(s) are not boolean" in summary
     assert "type drift convos_intents.instance_ts: 2 value(s) are not timestamp" in summary
     assert "convos_intents.issue_id" not in summary
-    landed = query(warehouse, "select issue_id, disambig_count from asapp_raw.convos_intents order by issue_id")
-    assert landed == [("1", "2"), ("2", "3"), ("3", "three"), ("4", '{"n":4}')]  # nothing lost
+    landed = query(
+        warehouse,
+        "select issue_id, disambig_count, ftd_visit, instance_ts, _asapp_untyped "
+        "from asapp_raw.convos_intents order by issue_id",
+    )
+    assert [row[:4] for row in landed] == [
+        (1, 2, True, datetime(2026, 11, 1, 10, 0, 0)),
+        (2, 3, False, datetime(2026, 11, 1, 10, 0, 1)),
+        (3, None, None, None),
+        (4, None, None, None),
+    ]
+    # nothing lost: what did not cast is kept as sent, beside the row
+    assert [json.loads(row[4]) if row[4] else None for row in landed] == [
+        None,
+        None,
+        {"disambig_count": "three", "ftd_visit": "maybe", "instance_ts": "1762000000"},
+        {"disambig_count": '{"n":4}', "instance_ts": "yesterday"},
+    ]
 
 
 def test_a_file_of_many_arrow_batches_lands_whole_and_each_batch_is_checked_for_drift(

@@ -149,6 +149,37 @@ def test_types_are_cast_leniently(exports: Path, warehouse: Warehouse) -> None:
 
 
 @pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
+def test_a_raw_table_of_text_is_typed_by_staging(warehouse: Warehouse) -> None:
+    # raw columns created as text (loaded before documented columns landed typed) are cast in staging instead
+    text = "varchar" if warehouse.engine == "duckdb" else "text"
+    at = datetime(2026, 11, 1, 10, 0)
+    warehouse.execute_many("create schema if not exists asapp_raw", [])
+    warehouse.execute_many(
+        f"create table asapp_raw.convos_intents (issue_id {text}, disambig_count {text}, ftd_visit {text}, "
+        f"instance_ts {text}, _asapp_feed {text}, _asapp_version {text}, _asapp_partition_at timestamp, "
+        f"_asapp_file {text}, _asapp_split bigint, _asapp_line bigint, _asapp_loaded_at timestamp, "
+        f"_dlt_load_id {text})",
+        [],
+    )
+    warehouse.execute_many(
+        "insert into asapp_raw.convos_intents values "
+        "(?, ?, ?, ?, 'convos_intents', '1', ?, 'f.jsonl', null, ?, ?, 'l')",
+        [
+            ("1", "2", "true", "2026-11-01T10:00:00-05:00", at, 1, at),
+            ("2", "many", "false", "2026-11-01 11:00:00", at, 2, at),
+        ],
+    )
+    assert runtime.run_dbt(["build", "--select", "stg_asapp__convos_intents", "source:asapp.convos_intents"])
+    assert query(
+        warehouse,
+        "select issue_id, disambig_count, ftd_visit, instance_ts from staging.stg_asapp__convos_intents order by 1",
+    ) == [(1, 2, True, datetime(2026, 11, 1, 15, 0)), (2, None, False, datetime(2026, 11, 1, 11, 0))]
+    results = json.loads((warehouse.parent / "target" / "run_results.json").read_text())["results"]
+    (cast_test,) = [r for r in results if "asapp_cast_failures" in r["unique_id"]]
+    assert cast_test["status"] == "warn" and cast_test["failures"] == 1  # "many"
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
 def test_missing_tables_and_key_columns_do_not_break_the_build(exports: Path, warehouse: Warehouse) -> None:
     # customer_feedback's key names company_marker, which its published column list lacks; here the data
     # lacks it too. Every other feed has no raw table at all.

@@ -8,17 +8,17 @@
     )
 }}
 
-{%- set columns = [
-        'rep_id',
-        'rep_name',
-        'status_description',
-        'status_start_ts',
-        'status_end_ts',
-        'status_time_seconds',
-        'company_name',
-        'company_marker',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'rep_id': 'varchar',
+        'rep_name': 'varchar',
+        'status_description': 'varchar',
+        'status_start_ts': 'timestamp',
+        'status_end_ts': 'timestamp',
+        'status_time_seconds': 'double',
+        'company_name': 'varchar',
+        'company_marker': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -48,17 +48,17 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
-        {{ asapp_cast('rep_name', 'varchar') }} as rep_name,
-        {{ asapp_cast('status_description', 'varchar') }} as status_description,
-        {{ asapp_cast('status_start_ts', 'timestamp') }} as status_start_ts,
-        {{ asapp_cast('status_end_ts', 'timestamp') }} as status_end_ts,
-        {{ asapp_cast('status_time_seconds', 'double') }} as status_time_seconds,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
+        rep_id,
+        rep_name,
+        status_description,
+        status_start_ts,
+        status_end_ts,
+        status_time_seconds,
+        company_name,
+        company_marker,
         {{ asapp_record_key(['company_marker', 'rep_id', 'status_description', 'status_start_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -78,7 +78,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -103,7 +103,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

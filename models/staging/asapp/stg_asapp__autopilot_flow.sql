@@ -8,27 +8,27 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'company_id',
-        'issue_id',
-        'customer_id',
-        'rep_id',
-        'rep_assigned_ts',
-        'form_start_ts',
-        'form_dismissed_event_ts',
-        'form_presented_event_ts',
-        'form_submitted_event_ts',
-        'flow_id',
-        'flow_name',
-        'form_start_from',
-        'is_secure_form',
-        'queue_id',
-        'asapp_mode',
-        'company_name',
-        'company_marker',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'company_id': 'bigint',
+        'issue_id': 'bigint',
+        'customer_id': 'bigint',
+        'rep_id': 'varchar',
+        'rep_assigned_ts': 'timestamp',
+        'form_start_ts': 'timestamp',
+        'form_dismissed_event_ts': 'timestamp',
+        'form_presented_event_ts': 'timestamp',
+        'form_submitted_event_ts': 'timestamp',
+        'flow_id': 'varchar',
+        'flow_name': 'varchar',
+        'form_start_from': 'varchar',
+        'is_secure_form': 'boolean',
+        'queue_id': 'integer',
+        'asapp_mode': 'varchar',
+        'company_name': 'varchar',
+        'company_marker': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -58,27 +58,27 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
-        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
-        {{ asapp_cast('rep_assigned_ts', 'timestamp') }} as rep_assigned_ts,
-        {{ asapp_cast('form_start_ts', 'timestamp') }} as form_start_ts,
-        {{ asapp_cast('form_dismissed_event_ts', 'timestamp') }} as form_dismissed_event_ts,
-        {{ asapp_cast('form_presented_event_ts', 'timestamp') }} as form_presented_event_ts,
-        {{ asapp_cast('form_submitted_event_ts', 'timestamp') }} as form_submitted_event_ts,
-        {{ asapp_cast('flow_id', 'varchar') }} as flow_id,
-        {{ asapp_cast('flow_name', 'varchar') }} as flow_name,
-        {{ asapp_cast('form_start_from', 'varchar') }} as form_start_from,
-        {{ asapp_cast('is_secure_form', 'boolean') }} as is_secure_form,
-        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
-        {{ asapp_cast('asapp_mode', 'varchar') }} as asapp_mode,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
+        instance_ts,
+        company_id,
+        issue_id,
+        customer_id,
+        rep_id,
+        rep_assigned_ts,
+        form_start_ts,
+        form_dismissed_event_ts,
+        form_presented_event_ts,
+        form_submitted_event_ts,
+        flow_id,
+        flow_name,
+        form_start_from,
+        is_secure_form,
+        queue_id,
+        asapp_mode,
+        company_name,
+        company_marker,
         {{ asapp_record_key(['company_marker', 'issue_id', 'form_start_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -98,7 +98,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -133,7 +133,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

@@ -8,27 +8,27 @@
     )
 }}
 
-{%- set columns = [
-        'conversation_id',
-        'first_agent_id',
-        'customer_id',
-        'first_utterance_ts',
-        'first_utterance_text',
-        'first_intent_code',
-        'first_intent_code_alt',
-        'final_intent_code',
-        'intent_path',
-        'disambig_count',
-        'ftd_visit',
-        'faq_id',
-        'final_action_destination',
-        'is_first_intent_correct',
-        'issue_id',
-        'first_rep_id',
-        'company_name',
-        'instance_ts',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'conversation_id': 'bigint',
+        'first_agent_id': 'varchar',
+        'customer_id': 'bigint',
+        'first_utterance_ts': 'varchar',
+        'first_utterance_text': 'varchar',
+        'first_intent_code': 'varchar',
+        'first_intent_code_alt': 'varchar',
+        'final_intent_code': 'varchar',
+        'intent_path': 'varchar',
+        'disambig_count': 'bigint',
+        'ftd_visit': 'boolean',
+        'faq_id': 'varchar',
+        'final_action_destination': 'varchar',
+        'is_first_intent_correct': 'boolean',
+        'issue_id': 'bigint',
+        'first_rep_id': 'varchar',
+        'company_name': 'varchar',
+        'instance_ts': 'timestamp',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -58,27 +58,27 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
-        {{ asapp_cast('first_agent_id', 'varchar') }} as first_agent_id,
-        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
-        {{ asapp_cast('first_utterance_ts', 'varchar') }} as first_utterance_ts,
-        {{ asapp_cast('first_utterance_text', 'varchar') }} as first_utterance_text,
-        {{ asapp_cast('first_intent_code', 'varchar') }} as first_intent_code,
-        {{ asapp_cast('first_intent_code_alt', 'varchar') }} as first_intent_code_alt,
-        {{ asapp_cast('final_intent_code', 'varchar') }} as final_intent_code,
-        {{ asapp_cast('intent_path', 'varchar') }} as intent_path,
-        {{ asapp_cast('disambig_count', 'bigint') }} as disambig_count,
-        {{ asapp_cast('ftd_visit', 'boolean') }} as ftd_visit,
-        {{ asapp_cast('faq_id', 'varchar') }} as faq_id,
-        {{ asapp_cast('final_action_destination', 'varchar') }} as final_action_destination,
-        {{ asapp_cast('is_first_intent_correct', 'boolean') }} as is_first_intent_correct,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('first_rep_id', 'varchar') }} as first_rep_id,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
+        conversation_id,
+        first_agent_id,
+        customer_id,
+        first_utterance_ts,
+        first_utterance_text,
+        first_intent_code,
+        first_intent_code_alt,
+        final_intent_code,
+        intent_path,
+        disambig_count,
+        ftd_visit,
+        faq_id,
+        final_action_destination,
+        is_first_intent_correct,
+        issue_id,
+        first_rep_id,
+        company_name,
+        instance_ts,
         {{ asapp_record_key(['issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -98,7 +98,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -133,7 +133,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

@@ -8,22 +8,22 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'issue_id',
-        'company_id',
-        'company_subdivision',
-        'company_segments',
-        'rep_id',
-        'queue_id',
-        'queue_name',
-        'disposition_ts',
-        'summary_tag_presented',
-        'summary_tag_selected_bool',
-        'disposition_notes',
-        'company_name',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'issue_id': 'bigint',
+        'company_id': 'bigint',
+        'company_subdivision': 'varchar',
+        'company_segments': 'varchar',
+        'rep_id': 'varchar',
+        'queue_id': 'integer',
+        'queue_name': 'varchar',
+        'disposition_ts': 'timestamp',
+        'summary_tag_presented': 'varchar',
+        'summary_tag_selected_bool': 'boolean',
+        'disposition_notes': 'varchar',
+        'company_name': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -53,22 +53,22 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
-        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
-        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
-        {{ asapp_cast('queue_name', 'varchar') }} as queue_name,
-        {{ asapp_cast('disposition_ts', 'timestamp') }} as disposition_ts,
-        {{ asapp_cast('summary_tag_presented', 'varchar') }} as summary_tag_presented,
-        {{ asapp_cast('summary_tag_selected_bool', 'boolean') }} as summary_tag_selected_bool,
-        {{ asapp_cast('disposition_notes', 'varchar') }} as disposition_notes,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        instance_ts,
+        issue_id,
+        company_id,
+        company_subdivision,
+        company_segments,
+        rep_id,
+        queue_id,
+        queue_name,
+        disposition_ts,
+        summary_tag_presented,
+        summary_tag_selected_bool,
+        disposition_notes,
+        company_name,
         {{ asapp_record_key(['company_id', 'issue_id', 'summary_tag_presented']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -88,7 +88,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -118,7 +118,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

@@ -8,27 +8,27 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'event_ts',
-        'issue_id',
-        'company_id',
-        'company_subdivision',
-        'company_segments',
-        'customer_id',
-        'rep_id',
-        'referring_page_url',
-        'event_id',
-        'platform',
-        'session_id',
-        'auth_state',
-        'params',
-        'param_key',
-        'param_value',
-        'company_name',
-        'current_page_url',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'event_ts': 'timestamp',
+        'issue_id': 'bigint',
+        'company_id': 'bigint',
+        'company_subdivision': 'varchar',
+        'company_segments': 'varchar',
+        'customer_id': 'bigint',
+        'rep_id': 'varchar',
+        'referring_page_url': 'varchar',
+        'event_id': 'varchar',
+        'platform': 'varchar',
+        'session_id': 'varchar',
+        'auth_state': 'boolean',
+        'params': 'varchar',
+        'param_key': 'varchar',
+        'param_value': 'varchar',
+        'company_name': 'varchar',
+        'current_page_url': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -58,27 +58,27 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('event_ts', 'timestamp') }} as event_ts,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
-        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
-        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
-        {{ asapp_cast('referring_page_url', 'varchar') }} as referring_page_url,
-        {{ asapp_cast('event_id', 'varchar') }} as event_id,
-        {{ asapp_cast('platform', 'varchar') }} as platform,
-        {{ asapp_cast('session_id', 'varchar') }} as session_id,
-        {{ asapp_cast('auth_state', 'boolean') }} as auth_state,
-        {{ asapp_cast('params', 'varchar') }} as params,
-        {{ asapp_cast('param_key', 'varchar') }} as param_key,
-        {{ asapp_cast('param_value', 'varchar') }} as param_value,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('current_page_url', 'varchar') }} as current_page_url,
+        instance_ts,
+        event_ts,
+        issue_id,
+        company_id,
+        company_subdivision,
+        company_segments,
+        customer_id,
+        rep_id,
+        referring_page_url,
+        event_id,
+        platform,
+        session_id,
+        auth_state,
+        params,
+        param_key,
+        param_value,
+        company_name,
+        current_page_url,
         {{ asapp_record_key(['event_id', 'param_key']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -98,7 +98,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -133,7 +133,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

@@ -8,15 +8,15 @@
     )
 }}
 
-{%- set columns = [
-        'company_id',
-        'queue_key',
-        'queue_id',
-        'queue_name',
-        'company_name',
-        'company_marker',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'company_id': 'bigint',
+        'queue_key': 'bigint',
+        'queue_id': 'integer',
+        'queue_name': 'varchar',
+        'company_name': 'varchar',
+        'company_marker': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -46,15 +46,15 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('queue_key', 'bigint') }} as queue_key,
-        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
-        {{ asapp_cast('queue_name', 'varchar') }} as queue_name,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
+        company_id,
+        queue_key,
+        queue_id,
+        queue_name,
+        company_name,
+        company_marker,
         {{ asapp_record_key(['queue_key', 'company_marker']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -74,7 +74,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -97,7 +97,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

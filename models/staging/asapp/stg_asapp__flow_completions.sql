@@ -8,29 +8,29 @@
     )
 }}
 
-{%- set columns = [
-        'conversation_id',
-        'company_id',
-        'company_subdivision',
-        'company_segments',
-        'platform',
-        'customer_id',
-        'external_user_id',
-        'customer_session_id',
-        'success_rule_id',
-        'success_event_details',
-        'success_event_ts',
-        'negation_rule_id',
-        'negation_event_ts',
-        'is_flow_success_event',
-        'is_flow_success_issue',
-        'issue_id',
-        'company_name',
-        'last_relevant_event_ts',
-        'flow_name',
-        'flow_status_ts',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'conversation_id': 'bigint',
+        'company_id': 'bigint',
+        'company_subdivision': 'varchar',
+        'company_segments': 'varchar',
+        'platform': 'varchar',
+        'customer_id': 'bigint',
+        'external_user_id': 'varchar',
+        'customer_session_id': 'varchar',
+        'success_rule_id': 'varchar',
+        'success_event_details': 'varchar',
+        'success_event_ts': 'timestamp',
+        'negation_rule_id': 'varchar',
+        'negation_event_ts': 'timestamp',
+        'is_flow_success_event': 'boolean',
+        'is_flow_success_issue': 'boolean',
+        'issue_id': 'bigint',
+        'company_name': 'varchar',
+        'last_relevant_event_ts': 'varchar',
+        'flow_name': 'varchar',
+        'flow_status_ts': 'timestamp',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -60,29 +60,29 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
-        {{ asapp_cast('platform', 'varchar') }} as platform,
-        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
-        {{ asapp_cast('external_user_id', 'varchar') }} as external_user_id,
-        {{ asapp_cast('customer_session_id', 'varchar') }} as customer_session_id,
-        {{ asapp_cast('success_rule_id', 'varchar') }} as success_rule_id,
-        {{ asapp_cast('success_event_details', 'varchar') }} as success_event_details,
-        {{ asapp_cast('success_event_ts', 'timestamp') }} as success_event_ts,
-        {{ asapp_cast('negation_rule_id', 'varchar') }} as negation_rule_id,
-        {{ asapp_cast('negation_event_ts', 'timestamp') }} as negation_event_ts,
-        {{ asapp_cast('is_flow_success_event', 'boolean') }} as is_flow_success_event,
-        {{ asapp_cast('is_flow_success_issue', 'boolean') }} as is_flow_success_issue,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('last_relevant_event_ts', 'varchar') }} as last_relevant_event_ts,
-        {{ asapp_cast('flow_name', 'varchar') }} as flow_name,
-        {{ asapp_cast('flow_status_ts', 'timestamp') }} as flow_status_ts,
+        conversation_id,
+        company_id,
+        company_subdivision,
+        company_segments,
+        platform,
+        customer_id,
+        external_user_id,
+        customer_session_id,
+        success_rule_id,
+        success_event_details,
+        success_event_ts,
+        negation_rule_id,
+        negation_event_ts,
+        is_flow_success_event,
+        is_flow_success_issue,
+        issue_id,
+        company_name,
+        last_relevant_event_ts,
+        flow_name,
+        flow_status_ts,
         {{ asapp_record_key(['company_id', 'issue_id', 'flow_name', 'flow_status_ts', 'success_event_details']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -102,7 +102,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -139,7 +139,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

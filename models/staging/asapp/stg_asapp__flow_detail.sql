@@ -8,20 +8,20 @@
     )
 }}
 
-{%- set columns = [
-        'event_ts',
-        'event_type',
-        'conversation_id',
-        'session_id',
-        'flow_id',
-        'flow_name',
-        'event_name',
-        'link_resolved_pil',
-        'link_resolved_pdl',
-        'issue_id',
-        'company_name',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'event_ts': 'timestamp',
+        'event_type': 'varchar',
+        'conversation_id': 'bigint',
+        'session_id': 'varchar',
+        'flow_id': 'varchar',
+        'flow_name': 'varchar',
+        'event_name': 'varchar',
+        'link_resolved_pil': 'varchar',
+        'link_resolved_pdl': 'varchar',
+        'issue_id': 'bigint',
+        'company_name': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -51,20 +51,20 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('event_ts', 'timestamp') }} as event_ts,
-        {{ asapp_cast('event_type', 'varchar') }} as event_type,
-        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
-        {{ asapp_cast('session_id', 'varchar') }} as session_id,
-        {{ asapp_cast('flow_id', 'varchar') }} as flow_id,
-        {{ asapp_cast('flow_name', 'varchar') }} as flow_name,
-        {{ asapp_cast('event_name', 'varchar') }} as event_name,
-        {{ asapp_cast('link_resolved_pil', 'varchar') }} as link_resolved_pil,
-        {{ asapp_cast('link_resolved_pdl', 'varchar') }} as link_resolved_pdl,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        event_ts,
+        event_type,
+        conversation_id,
+        session_id,
+        flow_id,
+        flow_name,
+        event_name,
+        link_resolved_pil,
+        link_resolved_pdl,
+        issue_id,
+        company_name,
         {{ asapp_record_key(['event_ts', 'issue_id', 'event_type']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -84,7 +84,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -112,7 +112,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

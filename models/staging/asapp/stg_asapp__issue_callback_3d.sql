@@ -8,26 +8,26 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'issue_id',
-        'company_id',
-        'company_subdivision',
-        'company_segments',
-        'customer_id',
-        'issue_created_ts',
-        'issue_disconnect_ts',
-        'issue_cutoff_ts',
-        'next_callback_issue_id',
-        'next_callback_issue_created_ts',
-        'time_btwn_next_callback_issue_seconds',
-        'callback_prev_issue_id',
-        'callback_prev_issue_created_ts',
-        'callback_prev_issue_disconnect_ts',
-        'time_btwn_callback_prev_issue_seconds',
-        'company_name',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'issue_id': 'bigint',
+        'company_id': 'bigint',
+        'company_subdivision': 'varchar',
+        'company_segments': 'varchar',
+        'customer_id': 'bigint',
+        'issue_created_ts': 'timestamp',
+        'issue_disconnect_ts': 'timestamp',
+        'issue_cutoff_ts': 'timestamp',
+        'next_callback_issue_id': 'bigint',
+        'next_callback_issue_created_ts': 'timestamp',
+        'time_btwn_next_callback_issue_seconds': 'double',
+        'callback_prev_issue_id': 'bigint',
+        'callback_prev_issue_created_ts': 'timestamp',
+        'callback_prev_issue_disconnect_ts': 'timestamp',
+        'time_btwn_callback_prev_issue_seconds': 'double',
+        'company_name': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -57,26 +57,26 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
-        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
-        {{ asapp_cast('issue_created_ts', 'timestamp') }} as issue_created_ts,
-        {{ asapp_cast('issue_disconnect_ts', 'timestamp') }} as issue_disconnect_ts,
-        {{ asapp_cast('issue_cutoff_ts', 'timestamp') }} as issue_cutoff_ts,
-        {{ asapp_cast('next_callback_issue_id', 'bigint') }} as next_callback_issue_id,
-        {{ asapp_cast('next_callback_issue_created_ts', 'timestamp') }} as next_callback_issue_created_ts,
-        {{ asapp_cast('time_btwn_next_callback_issue_seconds', 'double') }} as time_btwn_next_callback_issue_seconds,
-        {{ asapp_cast('callback_prev_issue_id', 'bigint') }} as callback_prev_issue_id,
-        {{ asapp_cast('callback_prev_issue_created_ts', 'timestamp') }} as callback_prev_issue_created_ts,
-        {{ asapp_cast('callback_prev_issue_disconnect_ts', 'timestamp') }} as callback_prev_issue_disconnect_ts,
-        {{ asapp_cast('time_btwn_callback_prev_issue_seconds', 'double') }} as time_btwn_callback_prev_issue_seconds,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        instance_ts,
+        issue_id,
+        company_id,
+        company_subdivision,
+        company_segments,
+        customer_id,
+        issue_created_ts,
+        issue_disconnect_ts,
+        issue_cutoff_ts,
+        next_callback_issue_id,
+        next_callback_issue_created_ts,
+        time_btwn_next_callback_issue_seconds,
+        callback_prev_issue_id,
+        callback_prev_issue_created_ts,
+        callback_prev_issue_disconnect_ts,
+        time_btwn_callback_prev_issue_seconds,
+        company_name,
         {{ asapp_record_key(['issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -96,7 +96,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -130,7 +130,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

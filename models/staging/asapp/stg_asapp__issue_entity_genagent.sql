@@ -8,25 +8,25 @@
     )
 }}
 
-{%- set columns = [
-        'company_name',
-        'issue_id',
-        'instance_ts',
-        'generative_agent_turns__turn_ct',
-        'generative_agent_turns__turn_duration_ms_sum',
-        'generative_agent_turns__utterance_ct',
-        'generative_agent_turns__contains_escalation',
-        'generative_agent_tasks__first_task_name',
-        'generative_agent_tasks__last_task_name',
-        'generative_agent_tasks__task_ct',
-        'generative_agent_tasks__configuration_id',
-        'generative_agent_tasks__used_hila',
-        'generative_agent_monitoring__flagged_for_review',
-        'generative_agent_monitoring__review_flags_ct',
-        'generative_agent_monitoring__evaluation_ct',
-        'company_marker',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'company_name': 'varchar',
+        'issue_id': 'bigint',
+        'instance_ts': 'timestamp',
+        'generative_agent_turns__turn_ct': 'integer',
+        'generative_agent_turns__turn_duration_ms_sum': 'bigint',
+        'generative_agent_turns__utterance_ct': 'integer',
+        'generative_agent_turns__contains_escalation': 'boolean',
+        'generative_agent_tasks__first_task_name': 'varchar',
+        'generative_agent_tasks__last_task_name': 'varchar',
+        'generative_agent_tasks__task_ct': 'integer',
+        'generative_agent_tasks__configuration_id': 'varchar',
+        'generative_agent_tasks__used_hila': 'varchar',
+        'generative_agent_monitoring__flagged_for_review': 'varchar',
+        'generative_agent_monitoring__review_flags_ct': 'varchar',
+        'generative_agent_monitoring__evaluation_ct': 'varchar',
+        'company_marker': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -56,25 +56,25 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('generative_agent_turns__turn_ct', 'integer') }} as generative_agent_turns__turn_ct,
-        {{ asapp_cast('generative_agent_turns__turn_duration_ms_sum', 'bigint') }} as generative_agent_turns__turn_duration_ms_sum,
-        {{ asapp_cast('generative_agent_turns__utterance_ct', 'integer') }} as generative_agent_turns__utterance_ct,
-        {{ asapp_cast('generative_agent_turns__contains_escalation', 'boolean') }} as generative_agent_turns__contains_escalation,
-        {{ asapp_cast('generative_agent_tasks__first_task_name', 'varchar') }} as generative_agent_tasks__first_task_name,
-        {{ asapp_cast('generative_agent_tasks__last_task_name', 'varchar') }} as generative_agent_tasks__last_task_name,
-        {{ asapp_cast('generative_agent_tasks__task_ct', 'integer') }} as generative_agent_tasks__task_ct,
-        {{ asapp_cast('generative_agent_tasks__configuration_id', 'varchar') }} as generative_agent_tasks__configuration_id,
-        {{ asapp_cast('generative_agent_tasks__used_hila', 'varchar') }} as generative_agent_tasks__used_hila,
-        {{ asapp_cast('generative_agent_monitoring__flagged_for_review', 'varchar') }} as generative_agent_monitoring__flagged_for_review,
-        {{ asapp_cast('generative_agent_monitoring__review_flags_ct', 'varchar') }} as generative_agent_monitoring__review_flags_ct,
-        {{ asapp_cast('generative_agent_monitoring__evaluation_ct', 'varchar') }} as generative_agent_monitoring__evaluation_ct,
-        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
+        company_name,
+        issue_id,
+        instance_ts,
+        generative_agent_turns__turn_ct,
+        generative_agent_turns__turn_duration_ms_sum,
+        generative_agent_turns__utterance_ct,
+        generative_agent_turns__contains_escalation,
+        generative_agent_tasks__first_task_name,
+        generative_agent_tasks__last_task_name,
+        generative_agent_tasks__task_ct,
+        generative_agent_tasks__configuration_id,
+        generative_agent_tasks__used_hila,
+        generative_agent_monitoring__flagged_for_review,
+        generative_agent_monitoring__review_flags_ct,
+        generative_agent_monitoring__evaluation_ct,
+        company_marker,
         {{ asapp_record_key(['company_marker', 'issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -94,7 +94,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -127,7 +127,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

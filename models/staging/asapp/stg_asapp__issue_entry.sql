@@ -8,25 +8,25 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'issue_created_ts',
-        'company_id',
-        'company_subdivision',
-        'company_segments',
-        'issue_id',
-        'entry_type',
-        'treatment_type',
-        'rule_name',
-        'is_new_conversation',
-        'is_new_user',
-        'current_page_url',
-        'referring_page_url',
-        'client_uuid',
-        'company_name',
-        'company_marker',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'issue_created_ts': 'timestamp',
+        'company_id': 'bigint',
+        'company_subdivision': 'varchar',
+        'company_segments': 'varchar',
+        'issue_id': 'bigint',
+        'entry_type': 'varchar',
+        'treatment_type': 'varchar',
+        'rule_name': 'varchar',
+        'is_new_conversation': 'boolean',
+        'is_new_user': 'boolean',
+        'current_page_url': 'varchar',
+        'referring_page_url': 'varchar',
+        'client_uuid': 'varchar',
+        'company_name': 'varchar',
+        'company_marker': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -56,25 +56,25 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('issue_created_ts', 'timestamp') }} as issue_created_ts,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('entry_type', 'varchar') }} as entry_type,
-        {{ asapp_cast('treatment_type', 'varchar') }} as treatment_type,
-        {{ asapp_cast('rule_name', 'varchar') }} as rule_name,
-        {{ asapp_cast('is_new_conversation', 'boolean') }} as is_new_conversation,
-        {{ asapp_cast('is_new_user', 'boolean') }} as is_new_user,
-        {{ asapp_cast('current_page_url', 'varchar') }} as current_page_url,
-        {{ asapp_cast('referring_page_url', 'varchar') }} as referring_page_url,
-        {{ asapp_cast('client_uuid', 'varchar') }} as client_uuid,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
+        instance_ts,
+        issue_created_ts,
+        company_id,
+        company_subdivision,
+        company_segments,
+        issue_id,
+        entry_type,
+        treatment_type,
+        rule_name,
+        is_new_conversation,
+        is_new_user,
+        current_page_url,
+        referring_page_url,
+        client_uuid,
+        company_name,
+        company_marker,
         {{ asapp_record_key(['company_marker', 'issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -94,7 +94,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -127,7 +127,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

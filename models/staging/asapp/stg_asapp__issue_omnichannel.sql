@@ -8,24 +8,24 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'issue_id',
-        'company_id',
-        'omni_source',
-        'opaque_id',
-        'external_intent',
-        'external_group',
-        'first_utterance',
-        'event_ts',
-        'third_party_customer_id',
-        'external_context_1',
-        'external_context_2',
-        'created_ts',
-        'company_name',
-        'company_marker',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'issue_id': 'bigint',
+        'company_id': 'bigint',
+        'omni_source': 'varchar',
+        'opaque_id': 'varchar',
+        'external_intent': 'varchar',
+        'external_group': 'varchar',
+        'first_utterance': 'varchar',
+        'event_ts': 'timestamp',
+        'third_party_customer_id': 'varchar',
+        'external_context_1': 'varchar',
+        'external_context_2': 'varchar',
+        'created_ts': 'timestamp',
+        'company_name': 'varchar',
+        'company_marker': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -55,24 +55,24 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('omni_source', 'varchar') }} as omni_source,
-        {{ asapp_cast('opaque_id', 'varchar') }} as opaque_id,
-        {{ asapp_cast('external_intent', 'varchar') }} as external_intent,
-        {{ asapp_cast('external_group', 'varchar') }} as external_group,
-        {{ asapp_cast('first_utterance', 'varchar') }} as first_utterance,
-        {{ asapp_cast('event_ts', 'timestamp') }} as event_ts,
-        {{ asapp_cast('third_party_customer_id', 'varchar') }} as third_party_customer_id,
-        {{ asapp_cast('external_context_1', 'varchar') }} as external_context_1,
-        {{ asapp_cast('external_context_2', 'varchar') }} as external_context_2,
-        {{ asapp_cast('created_ts', 'timestamp') }} as created_ts,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
+        instance_ts,
+        issue_id,
+        company_id,
+        omni_source,
+        opaque_id,
+        external_intent,
+        external_group,
+        first_utterance,
+        event_ts,
+        third_party_customer_id,
+        external_context_1,
+        external_context_2,
+        created_ts,
+        company_name,
+        company_marker,
         {{ asapp_record_key(['company_marker', 'issue_id', 'third_party_customer_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -92,7 +92,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -124,7 +124,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

@@ -8,29 +8,29 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'agent_id',
-        'conversation_id',
-        'company_subdivision',
-        'company_segments',
-        'enter_queue_ts',
-        'exit_queue_ts',
-        'queue_id',
-        'queue_name',
-        'abandoned',
-        'enqueue_time',
-        'exit_queue_eventtype',
-        'rep_id',
-        'enter_queue_eventtype',
-        'enter_queue_eventflags',
-        'enter_queue_flow_name',
-        'enter_queue_message_name',
-        'exit_queue_eventflags',
-        'issue_id',
-        'company_name',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'agent_id': 'bigint',
+        'conversation_id': 'bigint',
+        'company_subdivision': 'varchar',
+        'company_segments': 'varchar',
+        'enter_queue_ts': 'timestamp',
+        'exit_queue_ts': 'timestamp',
+        'queue_id': 'integer',
+        'queue_name': 'varchar',
+        'abandoned': 'boolean',
+        'enqueue_time': 'double',
+        'exit_queue_eventtype': 'varchar',
+        'rep_id': 'varchar',
+        'enter_queue_eventtype': 'varchar',
+        'enter_queue_eventflags': 'bigint',
+        'enter_queue_flow_name': 'varchar',
+        'enter_queue_message_name': 'varchar',
+        'exit_queue_eventflags': 'bigint',
+        'issue_id': 'bigint',
+        'company_name': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -60,29 +60,29 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('agent_id', 'bigint') }} as agent_id,
-        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
-        {{ asapp_cast('enter_queue_ts', 'timestamp') }} as enter_queue_ts,
-        {{ asapp_cast('exit_queue_ts', 'timestamp') }} as exit_queue_ts,
-        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
-        {{ asapp_cast('queue_name', 'varchar') }} as queue_name,
-        {{ asapp_cast('abandoned', 'boolean') }} as abandoned,
-        {{ asapp_cast('enqueue_time', 'double') }} as enqueue_time,
-        {{ asapp_cast('exit_queue_eventtype', 'varchar') }} as exit_queue_eventtype,
-        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
-        {{ asapp_cast('enter_queue_eventtype', 'varchar') }} as enter_queue_eventtype,
-        {{ asapp_cast('enter_queue_eventflags', 'bigint') }} as enter_queue_eventflags,
-        {{ asapp_cast('enter_queue_flow_name', 'varchar') }} as enter_queue_flow_name,
-        {{ asapp_cast('enter_queue_message_name', 'varchar') }} as enter_queue_message_name,
-        {{ asapp_cast('exit_queue_eventflags', 'bigint') }} as exit_queue_eventflags,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        instance_ts,
+        agent_id,
+        conversation_id,
+        company_subdivision,
+        company_segments,
+        enter_queue_ts,
+        exit_queue_ts,
+        queue_id,
+        queue_name,
+        abandoned,
+        enqueue_time,
+        exit_queue_eventtype,
+        rep_id,
+        enter_queue_eventtype,
+        enter_queue_eventflags,
+        enter_queue_flow_name,
+        enter_queue_message_name,
+        exit_queue_eventflags,
+        issue_id,
+        company_name,
         {{ asapp_record_key(['issue_id', 'queue_id', 'enter_queue_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -102,7 +102,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -139,7 +139,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

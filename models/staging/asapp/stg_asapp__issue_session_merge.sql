@@ -8,20 +8,20 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'company_id',
-        'company_name',
-        'issue_id',
-        'customer_id',
-        'session_id',
-        'issue_created_ts',
-        'first_issue_id',
-        'first_issue_created_ts',
-        'last_issue_id',
-        'last_issue_created_ts',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'company_id': 'bigint',
+        'company_name': 'varchar',
+        'issue_id': 'bigint',
+        'customer_id': 'bigint',
+        'session_id': 'varchar',
+        'issue_created_ts': 'timestamp',
+        'first_issue_id': 'bigint',
+        'first_issue_created_ts': 'timestamp',
+        'last_issue_id': 'bigint',
+        'last_issue_created_ts': 'timestamp',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -51,20 +51,20 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
-        {{ asapp_cast('session_id', 'varchar') }} as session_id,
-        {{ asapp_cast('issue_created_ts', 'timestamp') }} as issue_created_ts,
-        {{ asapp_cast('first_issue_id', 'bigint') }} as first_issue_id,
-        {{ asapp_cast('first_issue_created_ts', 'timestamp') }} as first_issue_created_ts,
-        {{ asapp_cast('last_issue_id', 'bigint') }} as last_issue_id,
-        {{ asapp_cast('last_issue_created_ts', 'timestamp') }} as last_issue_created_ts,
+        instance_ts,
+        company_id,
+        company_name,
+        issue_id,
+        customer_id,
+        session_id,
+        issue_created_ts,
+        first_issue_id,
+        first_issue_created_ts,
+        last_issue_id,
+        last_issue_created_ts,
         {{ asapp_record_key(['issue_id', 'session_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -84,7 +84,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -112,7 +112,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

@@ -8,24 +8,24 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'prechat_survey_ts',
-        'type_change_ts',
-        'issue_id',
-        'company_id',
-        'company_subdivision',
-        'company_segments',
-        'customer_id',
-        'queue_id',
-        'rep_id',
-        'issue_type',
-        'initial_type',
-        'subsidiary_name',
-        'channel_type',
-        'company_name',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'prechat_survey_ts': 'timestamp',
+        'type_change_ts': 'timestamp',
+        'issue_id': 'bigint',
+        'company_id': 'bigint',
+        'company_subdivision': 'varchar',
+        'company_segments': 'varchar',
+        'customer_id': 'bigint',
+        'queue_id': 'integer',
+        'rep_id': 'varchar',
+        'issue_type': 'varchar',
+        'initial_type': 'varchar',
+        'subsidiary_name': 'varchar',
+        'channel_type': 'varchar',
+        'company_name': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -55,24 +55,24 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('prechat_survey_ts', 'timestamp') }} as prechat_survey_ts,
-        {{ asapp_cast('type_change_ts', 'timestamp') }} as type_change_ts,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
-        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
-        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
-        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
-        {{ asapp_cast('issue_type', 'varchar') }} as issue_type,
-        {{ asapp_cast('initial_type', 'varchar') }} as initial_type,
-        {{ asapp_cast('subsidiary_name', 'varchar') }} as subsidiary_name,
-        {{ asapp_cast('channel_type', 'varchar') }} as channel_type,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        instance_ts,
+        prechat_survey_ts,
+        type_change_ts,
+        issue_id,
+        company_id,
+        company_subdivision,
+        company_segments,
+        customer_id,
+        queue_id,
+        rep_id,
+        issue_type,
+        initial_type,
+        subsidiary_name,
+        channel_type,
+        company_name,
         {{ asapp_record_key(['company_id', 'customer_id', 'issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -92,7 +92,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -124,7 +124,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

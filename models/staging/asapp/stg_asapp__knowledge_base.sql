@@ -8,27 +8,27 @@
     )
 }}
 
-{%- set columns = [
-        'issue_id',
-        'company_id',
-        'article_id',
-        'interaction',
-        'is_favorited',
-        'company_name',
-        'event_ts',
-        'event_type',
-        'event_name',
-        'rep_id',
-        'rep_assigned_ts',
-        'article_category',
-        'discovery_type',
-        'position',
-        'span_id',
-        'article_name',
-        'is_paperclip_enabled',
-        'external_article_id',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'issue_id': 'bigint',
+        'company_id': 'bigint',
+        'article_id': 'varchar',
+        'interaction': 'varchar',
+        'is_favorited': 'boolean',
+        'company_name': 'varchar',
+        'event_ts': 'timestamp',
+        'event_type': 'varchar',
+        'event_name': 'varchar',
+        'rep_id': 'varchar',
+        'rep_assigned_ts': 'timestamp',
+        'article_category': 'varchar',
+        'discovery_type': 'varchar',
+        'position': 'integer',
+        'span_id': 'varchar',
+        'article_name': 'varchar',
+        'is_paperclip_enabled': 'varchar',
+        'external_article_id': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -58,27 +58,27 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('article_id', 'varchar') }} as article_id,
-        {{ asapp_cast('interaction', 'varchar') }} as interaction,
-        {{ asapp_cast('is_favorited', 'boolean') }} as is_favorited,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('event_ts', 'timestamp') }} as event_ts,
-        {{ asapp_cast('event_type', 'varchar') }} as event_type,
-        {{ asapp_cast('event_name', 'varchar') }} as event_name,
-        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
-        {{ asapp_cast('rep_assigned_ts', 'timestamp') }} as rep_assigned_ts,
-        {{ asapp_cast('article_category', 'varchar') }} as article_category,
-        {{ asapp_cast('discovery_type', 'varchar') }} as discovery_type,
-        {{ asapp_cast('position', 'integer') }} as position,
-        {{ asapp_cast('span_id', 'varchar') }} as span_id,
-        {{ asapp_cast('article_name', 'varchar') }} as article_name,
-        {{ asapp_cast('is_paperclip_enabled', 'varchar') }} as is_paperclip_enabled,
-        {{ asapp_cast('external_article_id', 'varchar') }} as external_article_id,
+        issue_id,
+        company_id,
+        article_id,
+        interaction,
+        is_favorited,
+        company_name,
+        event_ts,
+        event_type,
+        event_name,
+        rep_id,
+        rep_assigned_ts,
+        article_category,
+        discovery_type,
+        position,
+        span_id,
+        article_name,
+        is_paperclip_enabled,
+        external_article_id,
         {{ asapp_record_key(['company_id', 'issue_id', 'article_id', 'event_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -98,7 +98,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -133,7 +133,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

@@ -8,22 +8,22 @@
     )
 }}
 
-{%- set columns = [
-        'issue_id',
-        'customer_id',
-        'company_id',
-        'instance_ts',
-        'check_in_ts',
-        'wait_time_threshold_ts',
-        'check_in_result',
-        'check_in_result_ts',
-        'company_name',
-        'wait_time_threshold_ct_distinct',
-        'queue_id',
-        'queue_name',
-        'opportunity_ts',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'issue_id': 'bigint',
+        'customer_id': 'bigint',
+        'company_id': 'bigint',
+        'instance_ts': 'timestamp',
+        'check_in_ts': 'timestamp',
+        'wait_time_threshold_ts': 'timestamp',
+        'check_in_result': 'varchar',
+        'check_in_result_ts': 'timestamp',
+        'company_name': 'varchar',
+        'wait_time_threshold_ct_distinct': 'bigint',
+        'queue_id': 'integer',
+        'queue_name': 'varchar',
+        'opportunity_ts': 'timestamp',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -53,22 +53,22 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('check_in_ts', 'timestamp') }} as check_in_ts,
-        {{ asapp_cast('wait_time_threshold_ts', 'timestamp') }} as wait_time_threshold_ts,
-        {{ asapp_cast('check_in_result', 'varchar') }} as check_in_result,
-        {{ asapp_cast('check_in_result_ts', 'timestamp') }} as check_in_result_ts,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('wait_time_threshold_ct_distinct', 'bigint') }} as wait_time_threshold_ct_distinct,
-        {{ asapp_cast('queue_id', 'integer') }} as queue_id,
-        {{ asapp_cast('queue_name', 'varchar') }} as queue_name,
-        {{ asapp_cast('opportunity_ts', 'timestamp') }} as opportunity_ts,
+        issue_id,
+        customer_id,
+        company_id,
+        instance_ts,
+        check_in_ts,
+        wait_time_threshold_ts,
+        check_in_result,
+        check_in_result_ts,
+        company_name,
+        wait_time_threshold_ct_distinct,
+        queue_id,
+        queue_name,
+        opportunity_ts,
         {{ asapp_record_key(['company_id', 'issue_id', 'customer_id', 'check_in_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -88,7 +88,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -118,7 +118,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

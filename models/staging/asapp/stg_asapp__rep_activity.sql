@@ -8,33 +8,33 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'update_ts',
-        'export_ts',
-        'agent_id',
-        'company_subdivision',
-        'company_segments',
-        'agent_name',
-        'status_id',
-        'status_description',
-        'orig_status_description',
-        'in_status_starting_ts',
-        'linear_ute_time',
-        'cumul_ute_time',
-        'unutilized_time',
-        'window_status_time',
-        'total_status_time',
-        'max_slots',
-        'status_end_ts',
-        'rep_id',
-        'rep_name',
-        'company_name',
-        'desk_mode',
-        'last_dispositioned_ts',
-        'company_id',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'update_ts': 'timestamp',
+        'export_ts': 'varchar',
+        'agent_id': 'bigint',
+        'company_subdivision': 'varchar',
+        'company_segments': 'varchar',
+        'agent_name': 'varchar',
+        'status_id': 'varchar',
+        'status_description': 'varchar',
+        'orig_status_description': 'varchar',
+        'in_status_starting_ts': 'timestamp',
+        'linear_ute_time': 'double',
+        'cumul_ute_time': 'double',
+        'unutilized_time': 'double',
+        'window_status_time': 'double',
+        'total_status_time': 'double',
+        'max_slots': 'integer',
+        'status_end_ts': 'timestamp',
+        'rep_id': 'varchar',
+        'rep_name': 'varchar',
+        'company_name': 'varchar',
+        'desk_mode': 'varchar',
+        'last_dispositioned_ts': 'timestamp',
+        'company_id': 'bigint',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -64,33 +64,33 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('update_ts', 'timestamp') }} as update_ts,
-        {{ asapp_cast('export_ts', 'varchar') }} as export_ts,
-        {{ asapp_cast('agent_id', 'bigint') }} as agent_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
-        {{ asapp_cast('agent_name', 'varchar') }} as agent_name,
-        {{ asapp_cast('status_id', 'varchar') }} as status_id,
-        {{ asapp_cast('status_description', 'varchar') }} as status_description,
-        {{ asapp_cast('orig_status_description', 'varchar') }} as orig_status_description,
-        {{ asapp_cast('in_status_starting_ts', 'timestamp') }} as in_status_starting_ts,
-        {{ asapp_cast('linear_ute_time', 'double') }} as linear_ute_time,
-        {{ asapp_cast('cumul_ute_time', 'double') }} as cumul_ute_time,
-        {{ asapp_cast('unutilized_time', 'double') }} as unutilized_time,
-        {{ asapp_cast('window_status_time', 'double') }} as window_status_time,
-        {{ asapp_cast('total_status_time', 'double') }} as total_status_time,
-        {{ asapp_cast('max_slots', 'integer') }} as max_slots,
-        {{ asapp_cast('status_end_ts', 'timestamp') }} as status_end_ts,
-        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
-        {{ asapp_cast('rep_name', 'varchar') }} as rep_name,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('desk_mode', 'varchar') }} as desk_mode,
-        {{ asapp_cast('last_dispositioned_ts', 'timestamp') }} as last_dispositioned_ts,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
+        instance_ts,
+        update_ts,
+        export_ts,
+        agent_id,
+        company_subdivision,
+        company_segments,
+        agent_name,
+        status_id,
+        status_description,
+        orig_status_description,
+        in_status_starting_ts,
+        linear_ute_time,
+        cumul_ute_time,
+        unutilized_time,
+        window_status_time,
+        total_status_time,
+        max_slots,
+        status_end_ts,
+        rep_id,
+        rep_name,
+        company_name,
+        desk_mode,
+        last_dispositioned_ts,
+        company_id,
         {{ asapp_record_key(['company_id', 'instance_ts', 'rep_id', 'status_id', 'in_status_starting_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -110,7 +110,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -151,7 +151,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

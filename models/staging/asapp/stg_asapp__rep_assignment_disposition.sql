@@ -8,35 +8,35 @@
     )
 }}
 
-{%- set columns = [
-        'company_id',
-        'issue_id',
-        'rep_id',
-        'rep_assigned_ts',
-        'disposition_event',
-        'disposition_notes_txt',
-        'disposition_notes_valid',
-        'crm_offered_ts',
-        'crm_outcome_ts',
-        'crm_is_success',
-        'crm_error_type',
-        'crm_error_source',
-        'presented_tags',
-        'selected_tags',
-        'notes_presented_tags',
-        'notes_selected_tags',
-        'assignment_end_presented_tags',
-        'assignment_end_selected_tags',
-        'presented_tags_ct_distinct',
-        'selected_tags_ct_distinct',
-        'notes_presented_tags_ct_distinct',
-        'notes_selected_tags_ct_distinct',
-        'assignment_end_presented_tags_ct_distinct',
-        'assignment_end_selected_tags_ct_distinct',
-        'company_name',
-        'auto_summary_txt',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'company_id': 'bigint',
+        'issue_id': 'bigint',
+        'rep_id': 'varchar',
+        'rep_assigned_ts': 'timestamp',
+        'disposition_event': 'varchar',
+        'disposition_notes_txt': 'varchar',
+        'disposition_notes_valid': 'boolean',
+        'crm_offered_ts': 'timestamp',
+        'crm_outcome_ts': 'timestamp',
+        'crm_is_success': 'boolean',
+        'crm_error_type': 'varchar',
+        'crm_error_source': 'varchar',
+        'presented_tags': 'varchar',
+        'selected_tags': 'varchar',
+        'notes_presented_tags': 'varchar',
+        'notes_selected_tags': 'varchar',
+        'assignment_end_presented_tags': 'varchar',
+        'assignment_end_selected_tags': 'varchar',
+        'presented_tags_ct_distinct': 'bigint',
+        'selected_tags_ct_distinct': 'bigint',
+        'notes_presented_tags_ct_distinct': 'bigint',
+        'notes_selected_tags_ct_distinct': 'bigint',
+        'assignment_end_presented_tags_ct_distinct': 'bigint',
+        'assignment_end_selected_tags_ct_distinct': 'bigint',
+        'company_name': 'varchar',
+        'auto_summary_txt': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -66,35 +66,35 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
-        {{ asapp_cast('rep_assigned_ts', 'timestamp') }} as rep_assigned_ts,
-        {{ asapp_cast('disposition_event', 'varchar') }} as disposition_event,
-        {{ asapp_cast('disposition_notes_txt', 'varchar') }} as disposition_notes_txt,
-        {{ asapp_cast('disposition_notes_valid', 'boolean') }} as disposition_notes_valid,
-        {{ asapp_cast('crm_offered_ts', 'timestamp') }} as crm_offered_ts,
-        {{ asapp_cast('crm_outcome_ts', 'timestamp') }} as crm_outcome_ts,
-        {{ asapp_cast('crm_is_success', 'boolean') }} as crm_is_success,
-        {{ asapp_cast('crm_error_type', 'varchar') }} as crm_error_type,
-        {{ asapp_cast('crm_error_source', 'varchar') }} as crm_error_source,
-        {{ asapp_cast('presented_tags', 'varchar') }} as presented_tags,
-        {{ asapp_cast('selected_tags', 'varchar') }} as selected_tags,
-        {{ asapp_cast('notes_presented_tags', 'varchar') }} as notes_presented_tags,
-        {{ asapp_cast('notes_selected_tags', 'varchar') }} as notes_selected_tags,
-        {{ asapp_cast('assignment_end_presented_tags', 'varchar') }} as assignment_end_presented_tags,
-        {{ asapp_cast('assignment_end_selected_tags', 'varchar') }} as assignment_end_selected_tags,
-        {{ asapp_cast('presented_tags_ct_distinct', 'bigint') }} as presented_tags_ct_distinct,
-        {{ asapp_cast('selected_tags_ct_distinct', 'bigint') }} as selected_tags_ct_distinct,
-        {{ asapp_cast('notes_presented_tags_ct_distinct', 'bigint') }} as notes_presented_tags_ct_distinct,
-        {{ asapp_cast('notes_selected_tags_ct_distinct', 'bigint') }} as notes_selected_tags_ct_distinct,
-        {{ asapp_cast('assignment_end_presented_tags_ct_distinct', 'bigint') }} as assignment_end_presented_tags_ct_distinct,
-        {{ asapp_cast('assignment_end_selected_tags_ct_distinct', 'bigint') }} as assignment_end_selected_tags_ct_distinct,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('auto_summary_txt', 'varchar') }} as auto_summary_txt,
+        company_id,
+        issue_id,
+        rep_id,
+        rep_assigned_ts,
+        disposition_event,
+        disposition_notes_txt,
+        disposition_notes_valid,
+        crm_offered_ts,
+        crm_outcome_ts,
+        crm_is_success,
+        crm_error_type,
+        crm_error_source,
+        presented_tags,
+        selected_tags,
+        notes_presented_tags,
+        notes_selected_tags,
+        assignment_end_presented_tags,
+        assignment_end_selected_tags,
+        presented_tags_ct_distinct,
+        selected_tags_ct_distinct,
+        notes_presented_tags_ct_distinct,
+        notes_selected_tags_ct_distinct,
+        assignment_end_presented_tags_ct_distinct,
+        assignment_end_selected_tags_ct_distinct,
+        company_name,
+        auto_summary_txt,
         {{ asapp_record_key(['company_id', 'issue_id', 'rep_id', 'rep_assigned_ts']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -114,7 +114,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -157,7 +157,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

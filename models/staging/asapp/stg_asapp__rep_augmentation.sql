@@ -8,37 +8,37 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'conversation_id',
-        'company_id',
-        'company_subdivision',
-        'company_segments',
-        'customer_id',
-        'agent_id',
-        'external_customer_id',
-        'conversation_end_ts',
-        'auto_suggest_msgs',
-        'auto_complete_msgs',
-        'did_customer_timeout',
-        'is_rep_resolved',
-        'is_billable',
-        'custom_auto_suggest_msgs',
-        'custom_auto_complete_msgs',
-        'drawer_msgs',
-        'kb_search_msgs',
-        'kb_recommendation_msgs',
-        'issue_id',
-        'rep_id',
-        'company_name',
-        'is_autopilot_timeout_msgs',
-        'phrase_auto_complete_presented_msgs',
-        'cume_phrase_auto_complete_presented',
-        'phrase_auto_complete_msgs',
-        'cume_phrase_auto_complete',
-        'exclusive_phrase_auto_complete_msgs',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'conversation_id': 'bigint',
+        'company_id': 'bigint',
+        'company_subdivision': 'varchar',
+        'company_segments': 'varchar',
+        'customer_id': 'bigint',
+        'agent_id': 'bigint',
+        'external_customer_id': 'varchar',
+        'conversation_end_ts': 'timestamp',
+        'auto_suggest_msgs': 'bigint',
+        'auto_complete_msgs': 'bigint',
+        'did_customer_timeout': 'boolean',
+        'is_rep_resolved': 'boolean',
+        'is_billable': 'boolean',
+        'custom_auto_suggest_msgs': 'bigint',
+        'custom_auto_complete_msgs': 'bigint',
+        'drawer_msgs': 'bigint',
+        'kb_search_msgs': 'bigint',
+        'kb_recommendation_msgs': 'bigint',
+        'issue_id': 'bigint',
+        'rep_id': 'varchar',
+        'company_name': 'varchar',
+        'is_autopilot_timeout_msgs': 'varchar',
+        'phrase_auto_complete_presented_msgs': 'integer',
+        'cume_phrase_auto_complete_presented': 'integer',
+        'phrase_auto_complete_msgs': 'integer',
+        'cume_phrase_auto_complete': 'integer',
+        'exclusive_phrase_auto_complete_msgs': 'integer',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -68,37 +68,37 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
-        {{ asapp_cast('customer_id', 'bigint') }} as customer_id,
-        {{ asapp_cast('agent_id', 'bigint') }} as agent_id,
-        {{ asapp_cast('external_customer_id', 'varchar') }} as external_customer_id,
-        {{ asapp_cast('conversation_end_ts', 'timestamp') }} as conversation_end_ts,
-        {{ asapp_cast('auto_suggest_msgs', 'bigint') }} as auto_suggest_msgs,
-        {{ asapp_cast('auto_complete_msgs', 'bigint') }} as auto_complete_msgs,
-        {{ asapp_cast('did_customer_timeout', 'boolean') }} as did_customer_timeout,
-        {{ asapp_cast('is_rep_resolved', 'boolean') }} as is_rep_resolved,
-        {{ asapp_cast('is_billable', 'boolean') }} as is_billable,
-        {{ asapp_cast('custom_auto_suggest_msgs', 'bigint') }} as custom_auto_suggest_msgs,
-        {{ asapp_cast('custom_auto_complete_msgs', 'bigint') }} as custom_auto_complete_msgs,
-        {{ asapp_cast('drawer_msgs', 'bigint') }} as drawer_msgs,
-        {{ asapp_cast('kb_search_msgs', 'bigint') }} as kb_search_msgs,
-        {{ asapp_cast('kb_recommendation_msgs', 'bigint') }} as kb_recommendation_msgs,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('is_autopilot_timeout_msgs', 'varchar') }} as is_autopilot_timeout_msgs,
-        {{ asapp_cast('phrase_auto_complete_presented_msgs', 'integer') }} as phrase_auto_complete_presented_msgs,
-        {{ asapp_cast('cume_phrase_auto_complete_presented', 'integer') }} as cume_phrase_auto_complete_presented,
-        {{ asapp_cast('phrase_auto_complete_msgs', 'integer') }} as phrase_auto_complete_msgs,
-        {{ asapp_cast('cume_phrase_auto_complete', 'integer') }} as cume_phrase_auto_complete,
-        {{ asapp_cast('exclusive_phrase_auto_complete_msgs', 'integer') }} as exclusive_phrase_auto_complete_msgs,
+        instance_ts,
+        conversation_id,
+        company_id,
+        company_subdivision,
+        company_segments,
+        customer_id,
+        agent_id,
+        external_customer_id,
+        conversation_end_ts,
+        auto_suggest_msgs,
+        auto_complete_msgs,
+        did_customer_timeout,
+        is_rep_resolved,
+        is_billable,
+        custom_auto_suggest_msgs,
+        custom_auto_complete_msgs,
+        drawer_msgs,
+        kb_search_msgs,
+        kb_recommendation_msgs,
+        issue_id,
+        rep_id,
+        company_name,
+        is_autopilot_timeout_msgs,
+        phrase_auto_complete_presented_msgs,
+        cume_phrase_auto_complete_presented,
+        phrase_auto_complete_msgs,
+        cume_phrase_auto_complete,
+        exclusive_phrase_auto_complete_msgs,
         {{ asapp_record_key(['issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -118,7 +118,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -163,7 +163,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

@@ -8,21 +8,21 @@
     )
 }}
 
-{%- set columns = [
-        'sms_flow_id',
-        'external_session_id',
-        'message_sent_result',
-        'message_sent_result_status_code',
-        'message_character_count',
-        'partner_triggered_ts',
-        'provider_sent_ts',
-        'provider_status_ts',
-        'company_subdivision',
-        'company_segments',
-        'company_id',
-        'company_name',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'sms_flow_id': 'varchar',
+        'external_session_id': 'varchar',
+        'message_sent_result': 'varchar',
+        'message_sent_result_status_code': 'varchar',
+        'message_character_count': 'integer',
+        'partner_triggered_ts': 'timestamp',
+        'provider_sent_ts': 'timestamp',
+        'provider_status_ts': 'timestamp',
+        'company_subdivision': 'varchar',
+        'company_segments': 'varchar',
+        'company_id': 'bigint',
+        'company_name': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -52,21 +52,21 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('sms_flow_id', 'varchar') }} as sms_flow_id,
-        {{ asapp_cast('external_session_id', 'varchar') }} as external_session_id,
-        {{ asapp_cast('message_sent_result', 'varchar') }} as message_sent_result,
-        {{ asapp_cast('message_sent_result_status_code', 'varchar') }} as message_sent_result_status_code,
-        {{ asapp_cast('message_character_count', 'integer') }} as message_character_count,
-        {{ asapp_cast('partner_triggered_ts', 'timestamp') }} as partner_triggered_ts,
-        {{ asapp_cast('provider_sent_ts', 'timestamp') }} as provider_sent_ts,
-        {{ asapp_cast('provider_status_ts', 'timestamp') }} as provider_status_ts,
-        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
+        sms_flow_id,
+        external_session_id,
+        message_sent_result,
+        message_sent_result_status_code,
+        message_character_count,
+        partner_triggered_ts,
+        provider_sent_ts,
+        provider_status_ts,
+        company_subdivision,
+        company_segments,
+        company_id,
+        company_name,
         {{ asapp_record_key(['company_id', 'sms_flow_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -86,7 +86,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -115,7 +115,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

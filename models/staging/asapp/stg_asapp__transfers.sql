@@ -8,36 +8,36 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'timestamp_req',
-        'timestamp_reply',
-        'conversation_id',
-        'agent_id',
-        'company_id',
-        'company_subdivision',
-        'company_segments',
-        'requested_agent_transfer',
-        'group_transfer_to',
-        'group_transfer_to_name',
-        'group_transfer_from',
-        'group_transfer_from_name',
-        'actual_agent_transfer',
-        'accepted',
-        'is_auto_transfer',
-        'exit_transfer_event_type',
-        'transfer_button_clicks',
-        'issue_id',
-        'rep_id',
-        'requested_rep_transfer',
-        'actual_rep_transfer',
-        'company_name',
-        'requested_group_transfer_id',
-        'requested_group_transfer_name',
-        'route_code_to',
-        'route_code_from',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'timestamp_req': 'timestamp',
+        'timestamp_reply': 'timestamp',
+        'conversation_id': 'bigint',
+        'agent_id': 'bigint',
+        'company_id': 'bigint',
+        'company_subdivision': 'varchar',
+        'company_segments': 'varchar',
+        'requested_agent_transfer': 'varchar',
+        'group_transfer_to': 'varchar',
+        'group_transfer_to_name': 'varchar',
+        'group_transfer_from': 'varchar',
+        'group_transfer_from_name': 'varchar',
+        'actual_agent_transfer': 'varchar',
+        'accepted': 'boolean',
+        'is_auto_transfer': 'boolean',
+        'exit_transfer_event_type': 'varchar',
+        'transfer_button_clicks': 'bigint',
+        'issue_id': 'bigint',
+        'rep_id': 'varchar',
+        'requested_rep_transfer': 'bigint',
+        'actual_rep_transfer': 'bigint',
+        'company_name': 'varchar',
+        'requested_group_transfer_id': 'bigint',
+        'requested_group_transfer_name': 'varchar',
+        'route_code_to': 'varchar',
+        'route_code_from': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -67,36 +67,36 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('timestamp_req', 'timestamp') }} as timestamp_req,
-        {{ asapp_cast('timestamp_reply', 'timestamp') }} as timestamp_reply,
-        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
-        {{ asapp_cast('agent_id', 'bigint') }} as agent_id,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
-        {{ asapp_cast('requested_agent_transfer', 'varchar') }} as requested_agent_transfer,
-        {{ asapp_cast('group_transfer_to', 'varchar') }} as group_transfer_to,
-        {{ asapp_cast('group_transfer_to_name', 'varchar') }} as group_transfer_to_name,
-        {{ asapp_cast('group_transfer_from', 'varchar') }} as group_transfer_from,
-        {{ asapp_cast('group_transfer_from_name', 'varchar') }} as group_transfer_from_name,
-        {{ asapp_cast('actual_agent_transfer', 'varchar') }} as actual_agent_transfer,
-        {{ asapp_cast('accepted', 'boolean') }} as accepted,
-        {{ asapp_cast('is_auto_transfer', 'boolean') }} as is_auto_transfer,
-        {{ asapp_cast('exit_transfer_event_type', 'varchar') }} as exit_transfer_event_type,
-        {{ asapp_cast('transfer_button_clicks', 'bigint') }} as transfer_button_clicks,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('rep_id', 'varchar') }} as rep_id,
-        {{ asapp_cast('requested_rep_transfer', 'bigint') }} as requested_rep_transfer,
-        {{ asapp_cast('actual_rep_transfer', 'bigint') }} as actual_rep_transfer,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('requested_group_transfer_id', 'bigint') }} as requested_group_transfer_id,
-        {{ asapp_cast('requested_group_transfer_name', 'varchar') }} as requested_group_transfer_name,
-        {{ asapp_cast('route_code_to', 'varchar') }} as route_code_to,
-        {{ asapp_cast('route_code_from', 'varchar') }} as route_code_from,
+        instance_ts,
+        timestamp_req,
+        timestamp_reply,
+        conversation_id,
+        agent_id,
+        company_id,
+        company_subdivision,
+        company_segments,
+        requested_agent_transfer,
+        group_transfer_to,
+        group_transfer_to_name,
+        group_transfer_from,
+        group_transfer_from_name,
+        actual_agent_transfer,
+        accepted,
+        is_auto_transfer,
+        exit_transfer_event_type,
+        transfer_button_clicks,
+        issue_id,
+        rep_id,
+        requested_rep_transfer,
+        actual_rep_transfer,
+        company_name,
+        requested_group_transfer_id,
+        requested_group_transfer_name,
+        route_code_to,
+        route_code_from,
         {{ asapp_record_key(['company_id', 'issue_id', 'rep_id', 'timestamp_req']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -116,7 +116,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -160,7 +160,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

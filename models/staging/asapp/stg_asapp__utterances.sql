@@ -8,26 +8,26 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'created_ts',
-        'conversation_id',
-        'company_subdivision',
-        'company_segments',
-        'sequence_id',
-        'sender_id',
-        'sender_type',
-        'utterance_type',
-        'sent_to_agent',
-        'utterance',
-        'issue_id',
-        'sent_to_rep',
-        'utterance_start_ts',
-        'utterance_end_ts',
-        'company_name',
-        'event_uuid',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'created_ts': 'timestamp',
+        'conversation_id': 'bigint',
+        'company_subdivision': 'varchar',
+        'company_segments': 'varchar',
+        'sequence_id': 'integer',
+        'sender_id': 'bigint',
+        'sender_type': 'varchar',
+        'utterance_type': 'varchar',
+        'sent_to_agent': 'boolean',
+        'utterance': 'varchar',
+        'issue_id': 'bigint',
+        'sent_to_rep': 'varchar',
+        'utterance_start_ts': 'timestamp',
+        'utterance_end_ts': 'timestamp',
+        'company_name': 'varchar',
+        'event_uuid': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -57,26 +57,26 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('created_ts', 'timestamp') }} as created_ts,
-        {{ asapp_cast('conversation_id', 'bigint') }} as conversation_id,
-        {{ asapp_cast('company_subdivision', 'varchar') }} as company_subdivision,
-        {{ asapp_cast('company_segments', 'varchar') }} as company_segments,
-        {{ asapp_cast('sequence_id', 'integer') }} as sequence_id,
-        {{ asapp_cast('sender_id', 'bigint') }} as sender_id,
-        {{ asapp_cast('sender_type', 'varchar') }} as sender_type,
-        {{ asapp_cast('utterance_type', 'varchar') }} as utterance_type,
-        {{ asapp_cast('sent_to_agent', 'boolean') }} as sent_to_agent,
-        {{ asapp_cast('utterance', 'varchar') }} as utterance,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('sent_to_rep', 'varchar') }} as sent_to_rep,
-        {{ asapp_cast('utterance_start_ts', 'timestamp') }} as utterance_start_ts,
-        {{ asapp_cast('utterance_end_ts', 'timestamp') }} as utterance_end_ts,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('event_uuid', 'varchar') }} as event_uuid,
+        instance_ts,
+        created_ts,
+        conversation_id,
+        company_subdivision,
+        company_segments,
+        sequence_id,
+        sender_id,
+        sender_type,
+        utterance_type,
+        sent_to_agent,
+        utterance,
+        issue_id,
+        sent_to_rep,
+        utterance_start_ts,
+        utterance_end_ts,
+        company_name,
+        event_uuid,
         {{ asapp_record_key(['created_ts', 'issue_id', 'sender_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -96,7 +96,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -130,7 +130,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

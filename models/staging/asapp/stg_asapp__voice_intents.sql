@@ -8,16 +8,16 @@
     )
 }}
 
-{%- set columns = [
-        'instance_ts',
-        'issue_id',
-        'company_id',
-        'voice_intent_code',
-        'voice_intent_name',
-        'company_name',
-        'company_marker',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'instance_ts': 'timestamp',
+        'issue_id': 'bigint',
+        'company_id': 'bigint',
+        'voice_intent_code': 'varchar',
+        'voice_intent_name': 'varchar',
+        'company_name': 'varchar',
+        'company_marker': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -47,16 +47,16 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('instance_ts', 'timestamp') }} as instance_ts,
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('company_id', 'bigint') }} as company_id,
-        {{ asapp_cast('voice_intent_code', 'varchar') }} as voice_intent_code,
-        {{ asapp_cast('voice_intent_name', 'varchar') }} as voice_intent_name,
-        {{ asapp_cast('company_name', 'varchar') }} as company_name,
-        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
+        instance_ts,
+        issue_id,
+        company_id,
+        voice_intent_code,
+        voice_intent_name,
+        company_name,
+        company_marker,
         {{ asapp_record_key(['company_marker', 'issue_id']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -76,7 +76,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -100,7 +100,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),

@@ -8,16 +8,16 @@
     )
 }}
 
-{%- set columns = [
-        'issue_id',
-        'flow_name',
-        'success_event_ts',
-        'negation_event_ts',
-        'customer_email',
-        'is_escalated',
-        'company_marker',
-] -%}
-{%- set staged_columns = columns + [
+{%- set columns = {
+        'issue_id': 'bigint',
+        'flow_name': 'varchar',
+        'success_event_ts': 'timestamp',
+        'negation_event_ts': 'timestamp',
+        'customer_email': 'varchar',
+        'is_escalated': 'boolean',
+        'company_marker': 'varchar',
+} -%}
+{%- set staged_columns = (columns | list) + [
         '_asapp_record_key',
         '_asapp_feed',
         '_asapp_version',
@@ -47,16 +47,16 @@ source as (
 
 ),
 
-typed as (
+keyed as (
 
     select
-        {{ asapp_cast('issue_id', 'bigint') }} as issue_id,
-        {{ asapp_cast('flow_name', 'varchar') }} as flow_name,
-        {{ asapp_cast('success_event_ts', 'timestamp') }} as success_event_ts,
-        {{ asapp_cast('negation_event_ts', 'timestamp') }} as negation_event_ts,
-        {{ asapp_cast('customer_email', 'varchar') }} as customer_email,
-        {{ asapp_cast('is_escalated', 'boolean') }} as is_escalated,
-        {{ asapp_cast('company_marker', 'varchar') }} as company_marker,
+        issue_id,
+        flow_name,
+        success_event_ts,
+        negation_event_ts,
+        customer_email,
+        is_escalated,
+        company_marker,
         {{ asapp_record_key(['company_marker', 'issue_id', 'flow_name']) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
@@ -76,7 +76,7 @@ candidates as (
     select
         *,
         false as _asapp_staged
-    from typed
+    from keyed
     {% if is_incremental() %}
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
@@ -100,7 +100,7 @@ candidates as (
             null as _dlt_load_id,
             true as _asapp_staged
         from {{ this }} as this_model
-        where this_model._asapp_record_key in (select typed._asapp_record_key from typed)
+        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
     {% endif %}
 
 ),
