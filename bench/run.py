@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> Report:
         report.checks.append(
             (
                 "dbt incremental under 15% of a full refresh",
-                f"{incr_model / full_model:.0%}",
+                f"{incr_model / full_model:.1%}",
                 incr_model <= 0.15 * full_model,
             )
         )
