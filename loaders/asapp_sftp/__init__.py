@@ -148,6 +148,7 @@ def _feed_partitions(
     since: date | None,
     lookback_days: int,
     max_bad_lines: int,
+    read_request_bytes: int,
     max_partitions: int,
     landed: dict[str, set[tuple[str, datetime]]],
     decryptor: Decryptor | None,
@@ -174,7 +175,7 @@ def _feed_partitions(
         fstats.waiting = [p.key for p in listing.waiting]
         for p in listing.waiting:
             log.info("%s %s: no _SUCCESS yet, will be loaded by a later run", feed, p.key)
-        reader = PartitionReader(session.connection, decryptor, max_bad_lines)
+        reader = PartitionReader(session.connection, decryptor, max_bad_lines, read_request_bytes=read_request_bytes)
         try:
             readable = []
             for partition, files in listing.ready:
@@ -297,6 +298,7 @@ def asapp_sftp(
     retry_attempts: int = settings.DEFAULT_RETRY_ATTEMPTS,
     retry_wait_seconds: float = settings.DEFAULT_RETRY_WAIT_SECONDS,
     timeout_seconds: float = settings.DEFAULT_TIMEOUT_SECONDS,
+    read_request_bytes: int = settings.DEFAULT_READ_REQUEST_BYTES,
     decrypt_command: str | None = None,
     gnupg_home: str | None = None,
     gnupg_passphrase: TSecretStrValue | None = dlt.secrets.value,
@@ -320,6 +322,7 @@ def asapp_sftp(
         retry_attempts, retry_wait_seconds: a dropped connection is re-opened and the interrupted listing or
             download retried, this many times, waiting retry_wait_seconds, then twice as long each time.
         timeout_seconds: a server silent for this long counts as a dropped connection.
+        read_request_bytes: bytes per SFTP read request (128 KiB; 32768 for a server that answers less per request).
         decrypt_command, gnupg_home, gnupg_passphrase: how `.enc` files are decrypted: GnuPG (`gpg --batch
             --decrypt`) with the keyring in gnupg_home (or decrypt_command "gpg": the default keyring) and the key's
             passphrase; or any other command reading the encrypted file on stdin and writing the plain file to
@@ -380,6 +383,7 @@ def asapp_sftp(
                 since_date,
                 lookback_days,
                 max_bad_lines,
+                int(read_request_bytes),
                 max_partitions,
                 landed or {},
                 decryptor,

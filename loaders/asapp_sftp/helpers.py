@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from loaders import runtime
 from loaders.asapp_sftp import settings
-from loaders.asapp_sftp.connection import SftpChannel, SftpConnection
+from loaders.asapp_sftp.connection import SftpChannel, SftpConnection, download
 
 log = logging.getLogger(__name__)
 
@@ -239,10 +239,6 @@ class Decryptor:
         return None
 
 
-def _get(sftp: paramiko.SFTPClient, remote: str, local: Path) -> None:
-    sftp.get(remote, str(local))  # prefetching: ~40x faster than reading the remote file in small pieces
-
-
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -315,6 +311,7 @@ class PartitionReader:
         decryptor: Decryptor | None = None,
         max_bad_lines: int = settings.DEFAULT_MAX_BAD_LINES,
         workdir: Path | None = None,
+        read_request_bytes: int = settings.DEFAULT_READ_REQUEST_BYTES,
     ) -> None:
         # Downloads run on their own SFTP channel in a background thread, one partition ahead of the read; a
         # file whose download the connection dropped is downloaded again on a new connection. The same thread
@@ -323,6 +320,7 @@ class PartitionReader:
         self.channel = SftpChannel(connection)
         self.decryptor = decryptor  # for .enc files, in the download thread too
         self.max_bad_lines = max_bad_lines
+        self.read_request_bytes = read_request_bytes
         self.workdir = Path(tempfile.mkdtemp(prefix=runtime.scratch_prefix("asapp-sftp", workdir), dir=workdir))
         self.con = duckdb.connect()  # the read, in the caller's thread
         self.con.execute("set preserve_insertion_order = true")
@@ -360,7 +358,10 @@ class PartitionReader:
             # Remote names matched the documented pattern, so they are safe as local names.
             local = local_dir / f.name
             remote = f"{partition.path}/{f.name}"
-            self.channel.run(f"downloading {remote}", partial(_get, remote=remote, local=local))
+            self.channel.run(
+                f"downloading {remote}",
+                partial(download, remote=remote, local=local, request_bytes=self.read_request_bytes),
+            )
             if f.encrypted and problem is None:
                 if self.decryptor is None:  # listed as encrypted before download: not reached
                     raise PartitionError(f"{f.name}: encrypted, and no decryptor is configured")

@@ -38,3 +38,8 @@ DEFAULT_RETRY_ATTEMPTS = 6
 DEFAULT_RETRY_WAIT_SECONDS = 2.0
 # Seconds without an answer from the server after which its connection counts as lost.
 DEFAULT_TIMEOUT_SECONDS = 60.0
+# Bytes asked for per SFTP read request. paramiko's own 32 KiB costs twice the client CPU per byte downloaded
+# (measured here: 5.4-5.7 s instead of 2.4-2.9 s for 540 MB). OpenSSH serves up to 255 KiB per request; a server
+# that answers with less still yields whole files, but paramiko then reads the rest one request at a time, far more
+# slowly: set 32768 for such a server.
+DEFAULT_READ_REQUEST_BYTES = 128 * 1024

@@ -3,6 +3,7 @@ schema evolution, and host/user key verification."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pyarrow as pa
 import pytest
 
 from loaders import runtime
-from loaders.asapp_sftp.connection import WINDOW_BYTES, connect_sftp
+from loaders.asapp_sftp import settings
+from loaders.asapp_sftp.connection import WINDOW_BYTES, connect_sftp, download
 from loaders.pipelines import ASAPP_DATASET, ASAPP_PIPELINE, load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
 from loaders.sandbox.openssh import Sshd
@@ -245,6 +247,23 @@ def test_downloads_use_aes_gcm_and_a_wide_window(sshd: Sshd) -> None:
         sftp.close()
     finally:
         client.close()
+
+
+def test_downloads_read_in_large_requests_and_arrive_whole(sshd: Sshd, tmp_path: Path) -> None:
+    data = os.urandom(4 << 20)
+    (tmp_path / "remote.bin").write_bytes(data)
+    client = connect_sftp("127.0.0.1", sshd.port, sshd.username, str(sshd.client_key), str(sshd.known_hosts))
+    try:
+        sftp = client.open_sftp()
+        before = sftp.request_number
+        download(sftp, str(tmp_path / "remote.bin"), tmp_path / "local.bin")
+        requests = sftp.request_number - before
+        sftp.close()
+    finally:
+        client.close()
+    assert (tmp_path / "local.bin").read_bytes() == data
+    # open, stat, close and one read per 128 KiB: paramiko's own 32 KiB requests would take 128 reads
+    assert requests <= (4 << 20) // settings.DEFAULT_READ_REQUEST_BYTES + 4 < 128
 
 
 def test_partition_dir_layout(tmp_path: Path) -> None:
