@@ -18,16 +18,18 @@
 {%- endmacro %}
 
 {#
-    relation_or_empty(relation, columns): `select` of the given columns (name -> type) from relation, casting
-    each; a column the relation lacks is null, and a relation that does not exist yet (a feed never exported,
-    a source not configured) gives an empty, typed result, so `dbt build` still passes.
-    Decided when the model runs, from the warehouse's catalog.
+    relation_or_empty(relation, columns, expressions): `select` of the given columns (name -> type) from relation,
+    casting each (or selecting expressions[name] instead, for a column the relation has); a column the relation
+    lacks is null, and a relation that does not exist yet (a feed never exported, a source not configured) gives an
+    empty, typed result, so `dbt build` still passes. Decided when the model runs, from the warehouse's catalog.
 #}
-{% macro relation_or_empty(relation, columns) -%}
+{% macro relation_or_empty(relation, columns, expressions={}) -%}
     {%- set found, existing = asapp_existing_columns(relation) -%}
     select
     {%- for name, type in columns.items() %}
-        {% if name in existing -%}
+        {% if name in existing and name in expressions -%}
+            {{ expressions[name] }}
+        {%- elif name in existing -%}
             cast({{ adapter.quote(name) }} as {{ type }})
         {%- else -%}
             cast(null as {{ type }})
