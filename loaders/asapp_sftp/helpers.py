@@ -255,7 +255,7 @@ class TypeDrift:
     values: int = 0
 
 
-def duckdb_type(canonical: str) -> str:
+def _duckdb_type(canonical: str) -> str:
     """The DuckDB type of a canonical type (loaders/export_docs/model.py: canonical_type)."""
     return "decimal" + canonical[len("numeric") :] if canonical.startswith("numeric") else canonical
 
@@ -271,7 +271,7 @@ def _cast(v: str, canonical: str) -> str:
         )
     if canonical == "date":
         return f"try_cast(left({v}, 10) as date)"
-    return f"try_cast({v} as {duckdb_type(canonical)})"
+    return f"try_cast({v} as {_duckdb_type(canonical)})"
 
 
 REJECT_MARK = "_asapp_rejected"  # marker row standing in for a rejected (1) or blank (0) line
@@ -531,7 +531,7 @@ class PartitionReader:
                     f"as {UNTYPED} from (select {cast}, _asapp_line from ({rows}))"
                 )
             else:
-                query += f" from ({rows})"
+                query += f", null::varchar as {UNTYPED} from ({rows})"  # every batch has the same lineage columns
             for batch in self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS):
                 if typed and drift is not None:
                     untyped = batch.column(UNTYPED)

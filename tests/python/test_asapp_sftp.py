@@ -110,6 +110,14 @@ def test_documented_columns_land_typed_and_the_others_as_exported_text(exports: 
     assert got == [(1, True, 12.5, "web", datetime(2019, 9, 22, 13, 12, 26, 73000), '{"a":[1,2]}', None)]
 
 
+def test_a_feed_not_in_export_docs_lands_as_text(exports: Path, warehouse: Warehouse) -> None:
+    write_partition(exports, "brand_new_feed", T0, [{"issue_id": 1, "score": 0.5, "seen_at": "2026-11-01 10:00:00"}])
+    stats = load_asapp()
+    assert stats.feeds["brand_new_feed"].rows == 1 and not stats.feeds["brand_new_feed"].drift
+    got = query(warehouse, "select issue_id, score, seen_at, _asapp_untyped, _asapp_line from asapp_raw.brand_new_feed")
+    assert got == [("1", "0.5", "2026-11-01 10:00:00", None, 1)]
+
+
 def test_a_raw_column_created_as_text_stays_text(exports: Path, warehouse: Warehouse) -> None:
     # a raw table an earlier version loaded holds documented columns as text: later loads keep them text (a raw
     # column never changes type), and staging casts them
