@@ -41,17 +41,10 @@
 {%- endmacro %}
 
 {% macro default__asapp_cast(column, type) -%}
-    {%- set t = type | lower -%}
-    {%- if t == 'varchar' -%}
-        cast({{ column }} as {{ dbt.type_string() }})
-    {%- elif t == 'timestamp' -%}
-        {{ dbt.safe_cast(column, dbt.type_timestamp()) }}
-    {%- elif t == 'bigint' or t == 'integer' -%}
-        {{ dbt.safe_cast(column, dbt.type_bigint() if t == 'bigint' else dbt.type_int()) }}
-    {%- elif t == 'double' -%}
-        {{ dbt.safe_cast(column, dbt.type_float()) }}
+    {%- if type | lower == 'varchar' -%}
+        cast({{ column }} as {{ asapp_type(type) }})
     {%- else -%}
-        {{ dbt.safe_cast(column, t) }}
+        {{ dbt.safe_cast(column, asapp_type(type)) }}
     {%- endif -%}
 {%- endmacro %}
 

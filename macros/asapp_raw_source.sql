@@ -19,7 +19,8 @@
 {%- endmacro %}
 
 {% macro asapp_raw_source(relation, columns) -%}
-    {%- set found, existing = asapp_existing_columns(relation) -%}
+    {%- set catalog = asapp_existing_columns(relation) -%}
+    {%- set existing = catalog[1] -%}
     {%- set types = {} -%}
     {%- set expressions = {} -%}
     {%- for name, type in columns.items() -%}
@@ -29,5 +30,5 @@
         {%- endif -%}
     {%- endfor -%}
     {%- do types.update(asapp_lineage_columns()) -%}
-    {{ relation_or_empty(relation, types, expressions) }}
+    {{ relation_or_empty(relation, types, expressions, catalog) }}
 {%- endmacro %}

@@ -21,10 +21,11 @@
     relation_or_empty(relation, columns, expressions): `select` of the given columns (name -> type) from relation,
     casting each (or selecting expressions[name] instead, for a column the relation has); a column the relation
     lacks is null, and a relation that does not exist yet (a feed never exported, a source not configured) gives an
-    empty, typed result, so `dbt build` still passes. Decided when the model runs, from the warehouse's catalog.
+    empty, typed result, so `dbt build` still passes. Decided when the model runs, from the warehouse's catalog
+    (catalog: what asapp_existing_columns(relation) returned, for a caller that has looked it up already).
 #}
-{% macro relation_or_empty(relation, columns, expressions={}) -%}
-    {%- set found, existing = asapp_existing_columns(relation) -%}
+{% macro relation_or_empty(relation, columns, expressions={}, catalog=none) -%}
+    {%- set found, existing = catalog if catalog is not none else asapp_existing_columns(relation) -%}
     select
     {%- for name, type in columns.items() %}
         {% if name in existing and name in expressions -%}
