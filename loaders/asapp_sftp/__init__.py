@@ -206,13 +206,15 @@ def _feed_partitions(
                     if problem:  # nothing of it is yielded: a partition loads whole or not at all
                         raise PartitionError(problem)
                     for item in _read_partition(reader, partition, files, prepared, fstats, types):
-                        if timestamps and isinstance(item, pa.RecordBatch) and timestamps & set(item.schema.names):
-                            hints: dict[str, TColumnSchema] = {
-                                c: {"data_type": "timestamp", "timezone": False}
-                                for c in timestamps & set(item.schema.names)
-                            }
-                            timestamps -= set(hints)
-                            item = dlt.mark.with_hints(item, dlt.mark.make_hints(columns=hints))  # kept by the resource
+                        if timestamps and isinstance(item, pa.RecordBatch):
+                            present = timestamps.intersection(item.schema.names)
+                            if present:
+                                hints: dict[str, TColumnSchema] = {
+                                    c: {"data_type": "timestamp", "timezone": False} for c in present
+                                }
+                                timestamps -= present
+                                # merged into the resource's hints: given once per column
+                                item = dlt.mark.with_hints(item, dlt.mark.make_hints(columns=hints))
                         yield item
                 except PartitionError as e:
                     # nothing of it was yielded: not recorded as loaded but kept waiting, so the next run lists
