@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from bench.measure import Run, run
+from bench.measure import Run, api_emulator_process, run
 from bench.trees import FEEDS, START, TreeInfo, history_tree, line, sized_tree
 from loaders.sandbox.openssh import OpenSshServer, Sshd
 
@@ -319,33 +319,37 @@ def main(argv: list[str] | None = None) -> Report:
         )
     )
 
-    # push throughput against the emulator
-    from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
-
-    pdb = work / "push" / "asapp.duckdb"
-    pdb.parent.mkdir(parents=True)
-    with duckdb.connect(str(pdb)) as con:
-        con.execute("create schema marts")
-        con.execute(f"""create table marts.customer_metadata as select 'conv-' || i as external_conversation_id,
-            'c' || i as external_customer_id, 'known' as status, '+1555' || i as phone_number,
-            'c' || i || '@example.com' as email_address, 'user' || i as user_id, 'SE' as address_country,
-            null::varchar as address_state, '11122' as address_zipcode from range({args.push_rows}) t(i)""")
-        con.execute("""create table marts.customer_metadata_attributes (external_conversation_id varchar,
-            external_customer_id varchar, attribute_name varchar, attribute_value varchar, attribute_rank bigint)""")
-    with AsappApiEmulator() as api:
-        log(f"push of {args.push_rows} rows")
-        penv = {**api.env(), "ELT_DUCKDB_PATH": str(pdb), "ELT_PIPELINES_DIR": str(pdb.parent / "pipelines")}
-        pushed = run([ELT, "push"], penv, cwd=PROJECT)
-        times = [t for t, _, _ in api.state.received]
+    # push throughput against the emulator (a process of its own), the median run of the repeats
+    pushes: list[tuple[float, Run, int]] = []  # (requests/s while sending, the run, requests)
+    for i in range(args.repeat):
+        pdb = work / f"push-{i}" / "asapp.duckdb"
+        pdb.parent.mkdir(parents=True)
+        with duckdb.connect(str(pdb)) as con:
+            con.execute("create schema marts")
+            con.execute(f"""create table marts.customer_metadata as select 'conv-' || i as external_conversation_id,
+                'c' || i as external_customer_id, 'known' as status, '+1555' || i as phone_number,
+                'c' || i || '@example.com' as email_address, 'user' || i as user_id, 'SE' as address_country,
+                null::varchar as address_state, '11122' as address_zipcode from range({args.push_rows}) t(i)""")
+            con.execute("""create table marts.customer_metadata_attributes (external_conversation_id varchar,
+                external_customer_id varchar, attribute_name varchar, attribute_value varchar,
+                attribute_rank bigint)""")
+        with api_emulator_process() as (api_env, times):
+            log(f"push of {args.push_rows} rows ({i + 1}/{args.repeat})")
+            penv = {**api_env, "ELT_DUCKDB_PATH": str(pdb), "ELT_PIPELINES_DIR": str(pdb.parent / "pipelines")}
+            pushed = run([ELT, "push"], penv, cwd=PROJECT)
         span = (times[-1] - times[0]) if len(times) > 1 else pushed.seconds
         rate = (len(times) - 1) / span if len(times) > 1 and span > 0 else float("nan")
+        pushes.append((rate, pushed, len(times)))
+    rate, pushed, requests = median(pushes, key=lambda p: p[0])
     report.rows.append(
         Row(
-            f"push, {args.push_rows} rows in {len(times)} batches",
+            f"push, {args.push_rows} rows in {requests} batches",
             pushed.seconds,
             pushed.peak_rss / 1e6,
             rows_per_s=args.push_rows / pushed.seconds,
-            note=f"{rate:.1f} requests/s while sending (emulator validates each batch)",
+            note=f"{rate:.1f} requests/s while sending (median of {len(pushes)}: "
+            f"{', '.join(f'{p[0]:.1f}' for p in sorted(pushes, key=lambda p: p[0]))}); "
+            "the emulator validates each batch",
         )
     )
     report.checks.append(("push at >= 90% of 100 requests/s with full batches", f"{rate:.1f} requests/s", rate >= 90))

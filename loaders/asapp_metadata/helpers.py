@@ -12,9 +12,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jsonschema_rs
 import orjson
@@ -131,8 +130,7 @@ def build_item(row: dict[str, Any], attributes: Sequence[tuple[str, str]]) -> di
     return item
 
 
-@dataclass(frozen=True)
-class ItemOutcome:
+class ItemOutcome(NamedTuple):  # a tuple: a frozen dataclass took ~3 ms a batch of 1000 to build
     event_id: str
     status: str  # accepted | already_persisted | failed | rejected (400) | unknown
     http_status: int
@@ -140,20 +138,39 @@ class ItemOutcome:
 
 
 class RateLimiter:
-    """At most `rate` requests per second (the API's spike limit), evenly spaced."""
+    """At most `rate` requests in any one second (the API's spike limit), on an even schedule of 1/rate apart.
 
-    def __init__(self, rate: float) -> None:
+    A request that comes late to its slot (the machine stalled, a response was slow) does not push the schedule
+    back: up to `catch_up` seconds of missed slots are used at once. Evenly spaced alone, every stall was lost for
+    good (a 20 ms pause cost two requests), and the push stayed under the limit it was allowed.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        catch_up: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.interval = 1.0 / rate
-        self._next = 0.0
+        self.catch_up = catch_up
+        self._next: float | None = None
+        self._sent: deque[float] = deque(maxlen=max(1, int(rate)))  # the last `rate` send times
+        self._clock = clock
+        self._sleep = sleep
         self._lock = threading.Lock()
 
     def wait(self) -> None:
         with self._lock:
-            now = time.monotonic()
-            delay = self._next - now
-            self._next = max(now, self._next) + self.interval
-        if delay > 0:
-            time.sleep(delay)
+            now = self._clock()
+            slot = now if self._next is None else max(self._next, now - self.catch_up)
+            if len(self._sent) == self._sent.maxlen:  # never more than `rate` within one second
+                slot = max(slot, self._sent[0] + 1.0)
+            self._next = slot + self.interval
+            self._sent.append(max(slot, now))
+        if slot > now:
+            self._sleep(slot - now)
 
 
 class MetadataClient:
@@ -249,23 +266,22 @@ class MetadataClient:
                 results = {r.get("eventId"): r.get("error") or "" for r in body.get("results") or []}
             except (ValueError, AttributeError):
                 body, results = {}, {}
+            accepted_if_unreported = status == 200 and not body.get("errorCount")
+            refused = "failed" if status == 200 else "rejected"
             outcomes = []
             for item in items:
-                if item["eventId"] in results:
-                    error = results[item["eventId"]]
-                    ok = status == 200 and not error
+                event_id = item["eventId"]
+                error = results.get(event_id)  # a reported item's error is a string, "" when it was taken
+                if error is None:  # not reported on: never assume it was taken unless no item failed
                     outcomes.append(
-                        ItemOutcome(
-                            item["eventId"],
-                            "accepted" if ok else "failed" if status == 200 else "rejected",
-                            status,
-                            error,
-                        )
+                        ItemOutcome(event_id, "accepted", status, "")
+                        if accepted_if_unreported
+                        else ItemOutcome(event_id, "unknown", status, "no result returned for the item")
                     )
-                elif status == 200 and not body.get("errorCount"):
-                    outcomes.append(ItemOutcome(item["eventId"], "accepted", status, ""))
-                else:  # not reported on: never assume it was taken
-                    outcomes.append(ItemOutcome(item["eventId"], "unknown", status, "no result returned for the item"))
+                else:
+                    outcomes.append(
+                        ItemOutcome(event_id, refused if error or status != 200 else "accepted", status, error)
+                    )
             return outcomes
         text = response.text[:300]
         return [ItemOutcome(i["eventId"], "failed", status, f"HTTP {status}: {text}") for i in items]

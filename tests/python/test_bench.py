@@ -44,6 +44,7 @@ def test_harness_runs_and_writes_its_report(tmp_path: Path, warehouse: object) -
         assert expected in names
     assert all(r.seconds > 0 for r in report.rows)
     assert any(r.name == "first load of 96 historical partitions" for r in report.rows)  # 2 days x 24 h x 2 feeds
+    assert any(r.name == "push, 1200 rows in 2 batches" for r in report.rows)  # the emulator in its own process
     assert len(report.checks) == 6
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| elt load asapp |" in md and "| target | measured | met |" in md

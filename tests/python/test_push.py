@@ -3,6 +3,7 @@ ASAPP's OpenAPI spec): batching, partial success, change detection, back-off, lo
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import time
 from collections.abc import Iterator
@@ -219,6 +220,46 @@ def test_rate_limiter_spaces_requests() -> None:
     for _ in range(51):
         limiter.wait()
     assert time.monotonic() - started >= 0.49  # 50 intervals of 10 ms
+
+
+class Clock:
+    """Time that passes only when the limiter sleeps or the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def sends(limiter: RateLimiter, clock: Clock, stalls: dict[int, float], n: int) -> list[float]:
+    """The times of n requests through the limiter; before request i the sender stalls for stalls[i] seconds."""
+    times = []
+    for i in range(n):
+        clock.now += stalls.get(i, 0.0)
+        limiter.wait()
+        times.append(clock.now)
+    return times
+
+
+def test_rate_limiter_catches_up_after_a_stall() -> None:
+    clock = Clock()
+    limiter = RateLimiter(100.0, clock=lambda: clock.now, sleep=clock.sleep)
+    times = sends(limiter, clock, {3: 0.05}, 10)
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(times)]
+    # request 3 comes 40 ms after its slot: it and the next four go at once, on the slots missed; then the
+    # schedule goes on as planned
+    assert gaps == [0.01, 0.01, 0.05, 0.0, 0.0, 0.0, 0.0, 0.01, 0.01]
+    assert times[-1] - times[0] == pytest.approx(0.09)  # 10 requests in 90 ms: the stall cost nothing
+
+
+def test_rate_limiter_never_exceeds_the_limit_in_any_second() -> None:
+    clock = Clock()
+    limiter = RateLimiter(100.0, catch_up=5.0, clock=lambda: clock.now, sleep=clock.sleep)
+    times = sends(limiter, clock, {0: 0.0, 50: 2.0, 180: 0.7}, 400)
+    busiest = max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
+    assert busiest == 100  # a long catch-up would have sent ~250 within a second without the window
+    assert times == sorted(times)
 
 
 def test_batch_with_every_item_refused_is_recorded_as_rejected(api: AsappApiEmulator, warehouse: Warehouse) -> None:
