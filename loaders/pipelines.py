@@ -219,6 +219,13 @@ def load_asapp(
     # once: later chunks of this load are in dlt's state; only an earlier, interrupted run can be missing from it
     options["landed"] = landed_partitions(pipeline)
     options["column_types"] = ColumnTypes(pipeline)
+    with runtime.frozen_heap():
+        _run_asapp(pipeline, options, stats, strict)
+    return stats
+
+
+def _run_asapp(pipeline: Any, options: dict[str, Any], stats: LoadStats, strict: bool) -> None:
+    """The source, run again while a feed has more ready partitions than one run takes (max_partitions)."""
     first = True
     while first or any(s.more for s in stats.feeds.values()):
         # a long backfill goes in chunks of max_partitions per feed, each committed before the next is read
@@ -232,7 +239,6 @@ def load_asapp(
             stats.export_docs.unlink(missing_ok=True)  # checked on the first chunk already
         info = pipeline.run(source, loader_file_format="parquet")
         log.info("%s", info)
-    return stats
 
 
 # A feed is fresh while its latest partition is younger than this (the sources' warn_after thresholds).

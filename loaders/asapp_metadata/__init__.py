@@ -12,7 +12,6 @@ small loader gives the documented back-off, per-item outcomes and change detecti
 
 from __future__ import annotations
 
-import gc
 import logging
 import uuid
 from collections.abc import Callable
@@ -150,43 +149,52 @@ def push(dry_run: bool = False, on_batch: Callable[[int, int], None] | None = No
     if to_send:
         client = MetadataClient(*_api_config())
         batches = [to_send[i : i + settings.BATCH_SIZE] for i in range(0, len(to_send), settings.BATCH_SIZE)]
-        # The objects alive now (dlt, the mart's rows, the items) are never garbage: without freezing them, each
-        # full collection walked them all while requests were in flight (~100 ms pauses, a third of the rate).
-        gc.freeze()
         try:
-            # a few batches in flight at once (the rate limiter still spaces the requests): one at a time, each
-            # request's round trip and the server's work on it would cap the push far below the spike limit
-            for n, batch, outcomes in client.post_batches([[item for item, _ in b] for b in batches], batches):
-                batch_id = f"{run_id}-{n}"
-                for (_, base), outcome in zip(batch, outcomes, strict=True):
-                    log_rows.append(
-                        {
-                            **base,
-                            "batch_id": batch_id,
-                            "http_status": outcome.http_status,
-                            "status": outcome.status,
-                            "error": outcome.error,
-                            "pushed_at": datetime.now(UTC),
-                        }
-                    )
-                    if outcome.status in DONE:
-                        stats.accepted += 1
-                    else:
-                        stats.failed += 1
-                        if outcome.error and len(stats.errors) < 10:
-                            stats.errors.append(
-                                f"{base['external_conversation_id']}/{base['external_customer_id']}: {outcome.error}"
-                            )
-                stats.sent += len(batch)
-                stats.batches += 1
-                if on_batch:
-                    on_batch(n, len(batches))
+            with runtime.frozen_heap():
+                _send(client, batches, run_id, stats, log_rows, on_batch)
         finally:  # what was sent is logged even when a later batch stops the run
-            gc.unfreeze()
             _write_log(pipeline, log_rows)
     else:
         _write_log(pipeline, log_rows)
     return stats
+
+
+def _send(
+    client: MetadataClient,
+    batches: list[list[tuple[dict[str, Any], dict[str, Any]]]],
+    run_id: str,
+    stats: PushStats,
+    log_rows: list[dict[str, Any]],
+    on_batch: Callable[[int, int], None] | None,
+) -> None:
+    """Send the batches (item, log fields) and add each item's outcome to log_rows and stats."""
+    # a few batches in flight at once (the rate limiter still spaces the requests): one at a time, each request's
+    # round trip and the server's work on it would cap the push far below the spike limit
+    for n, batch, outcomes in client.post_batches([[item for item, _ in b] for b in batches], batches):
+        batch_id = f"{run_id}-{n}"
+        answered_at = datetime.now(UTC)
+        for (_, base), outcome in zip(batch, outcomes, strict=True):
+            log_rows.append(
+                {
+                    **base,
+                    "batch_id": batch_id,
+                    "http_status": outcome.http_status,
+                    "status": outcome.status,
+                    "error": outcome.error,
+                    "pushed_at": answered_at,
+                }
+            )
+            if outcome.status in DONE:
+                stats.accepted += 1
+            else:
+                stats.failed += 1
+                if outcome.error and len(stats.errors) < 10:
+                    key = f"{base['external_conversation_id']}/{base['external_customer_id']}"
+                    stats.errors.append(f"{key}: {outcome.error}")
+        stats.sent += len(batch)
+        stats.batches += 1
+        if on_batch:
+            on_batch(n, len(batches))
 
 
 def _write_log(pipeline: Any, rows: list[dict[str, Any]]) -> None:
