@@ -195,13 +195,15 @@ def _feed_partitions(
                     readable.append((partition, files))
             fstats.more = len(readable) > max_partitions
             readable = readable[:max_partitions]  # oldest first: the rest in the next run of this load
-            # looked up only when something is read: a run with nothing new does not parse export_docs.yaml
+            downloads = reader.downloaded(readable)  # the first download starts now
+            # looked up only when something is read (a run with nothing new does not parse export_docs.yaml), while
+            # the first download runs
             types = column_types.get(feed) if column_types is not None and readable else None
             # dlt takes a timestamp's zone from hints, not from Arrow: without one a typed (naive, UTC) timestamp
             # column would be created WITH TIME ZONE. Given with the first rows that have the column (a hint for
             # an absent column would create it, and dlt would then rewrite every file to add it).
             timestamps = {c for c, t in (types or {}).items() if t == "timestamp"}
-            for partition, files, prepared, problem in reader.downloaded(readable):
+            for partition, files, prepared, problem in downloads:
                 try:
                     if problem:  # nothing of it is yielded: a partition loads whole or not at all
                         raise PartitionError(problem)

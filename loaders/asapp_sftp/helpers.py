@@ -382,7 +382,8 @@ class PartitionReader:
         self, partitions: list[tuple[Partition, list[DataFile]]]
     ) -> Iterator[tuple[Partition, list[DataFile], PreparedPartition, str | None]]:
         """Each partition downloaded and checked (prepare), or what is wrong with it; the next one is downloaded
-        and checked while the caller reads this one. A partition's files are deleted once the caller moves on."""
+        and checked while the caller reads this one. The first download starts at once, before the iteration does
+        (the caller can prepare its read meanwhile). A partition's files are deleted once the caller moves on."""
         pending: deque[tuple[Partition, list[DataFile], Future[tuple[PreparedPartition, str | None]]]] = deque()
         queue = iter(enumerate(partitions))
 
@@ -392,16 +393,19 @@ class PartitionReader:
                 n, (partition, files) = item
                 pending.append((partition, files, self._pool.submit(self._fetch, n, partition, files)))
 
+        def results() -> Iterator[tuple[Partition, list[DataFile], PreparedPartition, str | None]]:
+            while pending:
+                partition, files, future = pending.popleft()
+                submit()
+                prepared, problem = future.result()
+                try:
+                    yield partition, files, prepared, problem
+                finally:
+                    if prepared.directory is not None:
+                        shutil.rmtree(prepared.directory, ignore_errors=True)
+
         submit()
-        while pending:
-            partition, files, future = pending.popleft()
-            submit()
-            prepared, problem = future.result()
-            try:
-                yield partition, files, prepared, problem
-            finally:
-                if prepared.directory is not None:
-                    shutil.rmtree(prepared.directory, ignore_errors=True)
+        return results()
 
     def _keys(self, path: Path) -> list[str] | None:
         """The file's keys (those of its most common row shape first, in file order), or None when DuckDB cannot
