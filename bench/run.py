@@ -132,23 +132,23 @@ def main(argv: list[str] | None = None) -> Report:
     server = OpenSshServer(work / "sshd")
     sshd = server.start()
     try:
-        # (a) the limit
-        limits = []
+        # (a) the limit and (b) elt load asapp, run in turns: this machine's speed drifts by a third over minutes,
+        # so each load is compared with the limit measured just before it, and the ratio is the median of the pairs
+        limits: list[tuple[float, float]] = []  # (download s, read s)
+        runs: list[Run] = []
         for i in range(args.repeat):
             log(f"limit: OpenSSH sftp + DuckDB read_json ({i + 1}/{args.repeat})")
             limits.append(limit_path(sshd, tree, work))
+            log(f"elt load asapp ({i + 1}/{args.repeat})")
+            runs.append(run([ELT, "load", "asapp"], elt_env(sshd, tree.root, work, "elt"), cwd=PROJECT))
         download_s = statistics.median(d for d, _ in limits)
         read_s = statistics.median(r for _, r in limits)
         limit_s = download_s + read_s
+        ratios = [r.seconds / (d + rd) for r, (d, rd) in zip(runs, limits, strict=True)]
+        ratio = statistics.median(ratios)
         report.rows.append(Row("OpenSSH sftp download", download_s, None, mb / download_s))
         report.rows.append(Row("DuckDB read_json of the files", read_s, None, mb / read_s, tree.rows / read_s))
         report.rows.append(Row("limit: download + read", limit_s, None, mb / limit_s, tree.rows / limit_s, 1.0))
-
-        # (b) elt load asapp
-        runs = []
-        for i in range(args.repeat):
-            log(f"elt load asapp ({i + 1}/{args.repeat})")
-            runs.append(run([ELT, "load", "asapp"], elt_env(sshd, tree.root, work, "elt"), cwd=PROJECT))
         elt_run = median_run(runs)
         report.rows.append(
             Row(
@@ -157,17 +157,14 @@ def main(argv: list[str] | None = None) -> Report:
                 elt_run.peak_rss / 1e6,
                 mb / elt_run.seconds,
                 tree.rows / elt_run.seconds,
-                elt_run.seconds / limit_s,
+                ratio,
+                note=f"vs limit: median of the {len(ratios)} pairs run in turns "
+                f"({', '.join(f'{x:.2f}' for x in ratios)}); medians alone: {elt_run.seconds / limit_s:.2f}",
             )
         )
-        report.checks.append(
-            (
-                "elt load asapp within 1.5x of the limit",
-                f"{elt_run.seconds / limit_s:.2f}x",
-                elt_run.seconds <= 1.5 * limit_s,
-            )
-        )
-        report.checks.append(("peak RSS under 1 GB", f"{elt_run.peak_rss / 1e6:.0f} MB", elt_run.peak_rss < 1e9))
+        report.checks.append(("elt load asapp within 1.5x of the limit", f"{ratio:.2f}x", ratio <= 1.5))
+        peak = max(r.peak_rss for r in runs)  # the highest of the repeats, not the median's
+        report.checks.append(("peak RSS under 1 GB", f"{peak / 1e6:.0f} MB", peak < 1e9))
 
         # (c) the naive dict path, on a sample
         plain = next(f for f in tree.files if f.suffix == ".jsonl" and "utterances" in str(f))
