@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dlt
+import duckdb
 import pyarrow as pa
 from dlt.common.schema.typing import TColumnSchema
 from dlt.common.typing import TSecretStrValue
@@ -105,6 +106,7 @@ class _Session:
     def __init__(self, connection: SftpConnection, stats: LoadStats) -> None:
         self.connection = connection
         self.listing = SftpChannel(connection)  # lists the base folder, then the feeds' partitions
+        self.duckdb = duckdb.connect()  # reads and checks the downloaded files, for every feed
         self.stats = stats
         self.users = 0
 
@@ -116,6 +118,7 @@ class _Session:
     def close(self) -> None:
         self.listing.close()
         self.connection.close()
+        self.duckdb.close()
         self.stats.reconnects += self.connection.reconnects
 
 
@@ -175,7 +178,9 @@ def _feed_partitions(
         fstats.waiting = [p.key for p in listing.waiting]
         for p in listing.waiting:
             log.info("%s %s: no _SUCCESS yet, will be loaded by a later run", feed, p.key)
-        reader = PartitionReader(session.connection, decryptor, max_bad_lines, read_request_bytes=read_request_bytes)
+        reader = PartitionReader(
+            session.connection, decryptor, max_bad_lines, read_request_bytes=read_request_bytes, database=session.duckdb
+        )
         try:
             readable = []
             for partition, files in listing.ready:

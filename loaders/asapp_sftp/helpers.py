@@ -312,6 +312,7 @@ class PartitionReader:
         max_bad_lines: int = settings.DEFAULT_MAX_BAD_LINES,
         workdir: Path | None = None,
         read_request_bytes: int = settings.DEFAULT_READ_REQUEST_BYTES,
+        database: duckdb.DuckDBPyConnection | None = None,
     ) -> None:
         # Downloads run on their own SFTP channel in a background thread, one partition ahead of the read; a
         # file whose download the connection dropped is downloaded again on a new connection. The same thread
@@ -322,9 +323,12 @@ class PartitionReader:
         self.max_bad_lines = max_bad_lines
         self.read_request_bytes = read_request_bytes
         self.workdir = Path(tempfile.mkdtemp(prefix=runtime.scratch_prefix("asapp-sftp", workdir), dir=workdir))
-        self.con = duckdb.connect()  # the read, in the caller's thread
-        self.con.execute("set preserve_insertion_order = true")
-        self.check_con = duckdb.connect()  # the checks, in the download thread
+        # Connections to one in-memory DuckDB (the caller's, shared by every feed's reader, or its own): one pool
+        # of worker threads for all the reads and checks of the run, not one per connection.
+        self._own = database is None
+        self.database = duckdb.connect() if database is None else database
+        self.con = self.database.cursor()  # the read, in the caller's thread (in file order: insertion order kept)
+        self.check_con = self.database.cursor()  # the checks, in the download thread
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftp-download")
 
     def close(self) -> None:
@@ -333,6 +337,8 @@ class PartitionReader:
         self.channel.close()
         self.con.close()
         self.check_con.close()
+        if self._own:
+            self.database.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _fetch(self, n: int, partition: Partition, files: list[DataFile]) -> tuple[PreparedPartition, str | None]:
