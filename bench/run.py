@@ -224,6 +224,9 @@ def main(argv: list[str] | None = None) -> Report:
             incrs.append((dbt_model_seconds(Path(env["DBT_TARGET_PATH"])), incr_run))
         full_model, full = median(fulls, key=lambda m: m[0])
         incr_model, incr = median(incrs, key=lambda m: m[0])
+        # each incremental run against the full refresh just before it (as the load against the limit)
+        shares = [i / f for (f, _), (i, _) in zip(fulls, incrs, strict=True)]
+        share = statistics.median(shares)
         report.rows.append(
             Row(
                 f"dbt full refresh, {len(models)} staging models (model time)",
@@ -237,14 +240,15 @@ def main(argv: list[str] | None = None) -> Report:
                 f"dbt incremental, 1% new rows, {len(models)} staging models (model time)",
                 incr_model,
                 incr.peak_rss / 1e6,
-                note=f"wall {incr.seconds:.1f} s with dbt start-up",
+                note=f"wall {incr.seconds:.1f} s with dbt start-up; of the full refresh before it: "
+                f"{', '.join(f'{x:.1%}' for x in shares)}",
             )
         )
         report.checks.append(
             (
                 "dbt incremental under 15% of a full refresh",
-                f"{incr_model / full_model:.1%}",
-                incr_model <= 0.15 * full_model,
+                f"{share:.1%}",
+                share <= 0.15,
             )
         )
 
