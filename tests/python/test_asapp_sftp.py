@@ -163,6 +163,29 @@ def test_empty_partition_and_new_columns(exports: Path, warehouse: Warehouse) ->
     assert got == [(1, None), (2, None), (10, "x"), (11, "x")]
 
 
+def test_rows_of_other_shapes_than_the_first_line_keep_every_column(exports: Path, warehouse: Warehouse) -> None:
+    # the check groups the rows of the first line's shape apart: a first line of a rare shape, and keys that only
+    # later lines have, must still all land, the most common shape's columns first
+    lines = [{"issue_id": 1, "only_first": "a"}, *rows(2, 4), {"issue_id": 9, "only_last": "z"}]
+    write_partition(exports, "convos_intents", T0, lines)
+    load_asapp()
+    got = query(
+        warehouse,
+        "select issue_id, only_first, final_intent_code, only_last from asapp_raw.convos_intents order by issue_id",
+    )
+    assert got == [(1, "a", None, None), *[(i, None, f"I{i}", None) for i in range(2, 6)], (9, None, None, "z")]
+    columns = [
+        c
+        for (c,) in query(
+            warehouse,
+            "select column_name from information_schema.columns where table_schema = 'asapp_raw' "
+            "and table_name = 'convos_intents' order by ordinal_position",
+        )
+    ]
+    assert columns[:3] == ["issue_id", "final_intent_code", "instance_ts"]  # the shape of four of the six rows
+    assert columns.index("only_first") < columns.index("only_last")  # then the rarer shapes, in file order
+
+
 def test_feeds_and_since_filters(exports: Path, warehouse: Warehouse) -> None:
     write_partition(exports, "convos_intents", T0, rows(1, 2))
     write_partition(exports, "convos_intents", T0.replace(day=3), rows(3, 2))
