@@ -25,6 +25,8 @@ class Run:
 
 
 def run(args: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Run:
+    # what the previous measurement wrote is flushed first, so its writeback does not take from this one's time
+    os.sync()
     started = time.monotonic()
     proc = subprocess.Popen(
         list(args),

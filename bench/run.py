@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -84,6 +85,7 @@ def limit_path(sshd: Sshd, tree: TreeInfo, work: Path) -> tuple[float, float]:
     files = [str(p) for p in local.rglob("*.jsonl*")]
     db = work / "limit.duckdb"
     db.unlink(missing_ok=True)
+    os.sync()  # as before every measured command (bench.measure.run)
     started = time.monotonic()
     with duckdb.connect(str(db)) as con:
         con.execute(
