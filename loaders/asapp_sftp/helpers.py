@@ -240,12 +240,13 @@ class Decryptor:
 
 
 def _first_line_keys(path: Path, limit: int = 1 << 20) -> list[str] | None:
-    """The keys of the file's first line when it is a JSON object of at most `limit` bytes, else None."""
-    with path.open("rb") as f:
-        line = f.readline(limit)
+    """The keys of the file's first line when it is a JSON object of at most `limit` bytes, else None (only a
+    hint: whatever it returns, the check still groups every row exactly)."""
     try:
+        with path.open("rb") as f:
+            line = f.readline(limit)
         value = json.loads(line)
-    except ValueError:  # includes a line cut at the limit, and bytes that are not UTF-8
+    except (OSError, ValueError, RecursionError):  # ValueError: a line cut at the limit, or bytes that are not UTF-8
         return None
     return list(value) if isinstance(value, dict) else None
 
