@@ -5,7 +5,8 @@ headers, content type, body shape with its first item), and the whole body, ever
 spec's request body schema by jsonschema-rs (openapi-core alone takes ~100 ms for a full batch of 1000 items,
 which would cap the emulator at ~10 requests/s, far below the API's spike limit of 100). Items it
 rejects (the configured customers) come back in a 200 partial success, as the documentation shows; a batch whose
-items are all rejected gets 400. 429 and 5xx are injected on demand. Every request is recorded with the time it arrived.
+items are all rejected gets 400. 429 and 5xx are injected on demand. Every request is recorded with the time it
+arrived.
 """
 
 from __future__ import annotations
@@ -59,9 +60,8 @@ def make_handler(state: ApiState) -> type[JsonHandler]:
         protocol_version = "HTTP/1.1"
 
         def do_POST(self) -> None:
-            arrived = (
-                time.monotonic()
-            )  # what a server's rate limit counts: when a request came, not when it was answered
+            # what a server's rate limit counts: when a request came, not when it was answered
+            arrived = time.monotonic()
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
             try:
