@@ -93,6 +93,9 @@ def configure() -> None:
     # Arrow batches skip dlt's normalizer: ask it to stamp the load id anyway, for lineage.
     os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    # A loaded package's data files are deleted (dlt keeps them by default: a copy of every row loaded, ~55 MB per
+    # GB of exports, and of the APSIS profiles). A package with a failed job keeps them, for the next run.
+    os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")
     # DuckDB has one writer per file: parallel load jobs only add memory.
     if target() in ("duckdb", "motherduck"):
         os.environ.setdefault("LOAD__WORKERS", "1")

@@ -51,6 +51,10 @@ def test_partition_waits_for_success_and_loads_once(exports: Path, warehouse: Wa
 
     load_asapp()
     assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 8
+    # no copy of the rows stays behind in dlt's working folder once they are loaded
+    loaded = runtime.pipelines_dir() / ASAPP_PIPELINE / "load" / "loaded"
+    assert len(list(loaded.iterdir())) == 2  # the packages of the two runs that loaded rows
+    assert not [p for p in loaded.rglob("*") if p.is_file() and p.parent.name == "completed_jobs"]
 
 
 def test_split_gzip_files_and_lineage(exports: Path, warehouse: Warehouse) -> None:
