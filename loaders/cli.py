@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -15,6 +16,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from loaders import runtime
+
+# dagster-dbt (the orchestration extra) installs sqlglot[rs], which sqlglot 29 warns about on import (dlt imports
+# sqlglot): a line on every command that no user of `elt` can act on.
+warnings.filterwarnings("ignore", message=r"sqlglot\[rs\] is deprecated", category=UserWarning)
 
 app = typer.Typer(
     help="ASAPP and APSIS data into your warehouse (dlt + dbt), documented and tested.",

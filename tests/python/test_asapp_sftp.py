@@ -235,6 +235,7 @@ def test_cli_load_prints_summary(exports: Path, warehouse: Warehouse) -> None:
     result = elt("load", "asapp")
     assert result.returncode == 0, result.stderr
     assert "convos_intents" in result.stdout and "waiting for _SUCCESS" in result.stdout
+    assert "Warning" not in result.stderr, result.stderr  # no third-party noise on a clean run
     assert scalar(warehouse, "select count(*) from asapp_raw.convos_intents") == 3
 
 
