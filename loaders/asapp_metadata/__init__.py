@@ -13,6 +13,7 @@ small loader gives the documented back-off, per-item outcomes and change detecti
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dlt
+import pyarrow as pa
 
 from loaders import runtime
 from loaders.asapp_metadata import settings
@@ -197,17 +199,33 @@ def _send(
             on_batch(n, len(batches))
 
 
+# The push log's columns, in order (the table dlt created from these rows as dicts, before they went as Arrow).
+LOG_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("external_conversation_id", pa.string()),
+        ("external_customer_id", pa.string()),
+        ("content_hash", pa.string()),
+        ("run_id", pa.string()),
+        ("batch_id", pa.string()),
+        ("http_status", pa.int64()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("pushed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+# Arrow rows get dlt's row id too, as the rows sent as dicts did (only for this pipeline: raw tables have none).
+os.environ.setdefault(f"{PIPELINE.upper()}__NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_ID", "true")
+
+
 def _write_log(pipeline: Any, rows: list[dict[str, Any]]) -> None:
+    """The outcomes, appended to the push log as one Arrow table in Parquet: as dicts, dlt's normalizer and an
+    INSERT ... VALUES load took ~4.5 s per 20,000 rows (longer than sending them); this takes ~0.3 s."""
     if not rows:
         return
     pipeline.run(
-        rows,
+        pa.Table.from_pylist(rows, schema=LOG_SCHEMA),
         table_name=settings.LOG_TABLE,
         write_disposition="append",
-        columns={
-            "batch_id": {"data_type": "text"},
-            "http_status": {"data_type": "bigint"},
-            "error": {"data_type": "text"},
-            "pushed_at": {"data_type": "timestamp"},
-        },
+        loader_file_format="parquet",
     )

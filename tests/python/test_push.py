@@ -77,6 +77,9 @@ def test_batches_of_1000_and_everything_logged(api: AsappApiEmulator, warehouse:
     assert query(warehouse, f"select status, count(*), count(distinct batch_id) from {LOG} group by 1") == [
         ("accepted", 2500, 3)
     ]
+    # every log row has dlt's row id, as the rows written as dicts had (a push log created by those keeps it
+    # NOT NULL), and the time it was answered, with its zone
+    assert query(warehouse, f"select count(distinct _dlt_id), count(pushed_at) from {LOG}") == [(2500, 2500)]
     with_attributes = [i["attributes"] for i in api.state.persisted.values() if "attributes" in i]
     assert with_attributes and all(a == [{"name": "tier", "value": "gold"}] for a in with_attributes)
 
