@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from loaders import runtime
 from loaders.asapp_metadata import settings
-from loaders.asapp_metadata.helpers import MetadataClient, PushError, build_item, content_hash, validate_item
+from loaders.asapp_metadata.helpers import MetadataClient, PushError, build_item, validate_item
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,7 @@ def push(dry_run: bool = False, on_batch: Callable[[int, int], None] | None = No
     to_send: list[tuple[dict[str, Any], dict[str, Any]]] = []
     for row in rows:
         key = (row["external_conversation_id"], row["external_customer_id"])
-        item = build_item(row, attributes.get(key, []))
-        digest = content_hash(item)
+        item, digest = build_item(row, attributes.get(key, []))
         previous = last.get(key)
         if previous and previous[0] == digest and previous[1] in (*DONE, "invalid"):
             stats.unchanged += previous[1] != "invalid"

@@ -117,8 +117,8 @@ def content_hash(item: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def build_item(row: dict[str, Any], attributes: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """A mart row (and its attributes) as an API item; a deterministic eventId from the content."""
+def build_item(row: dict[str, Any], attributes: Sequence[tuple[str, str]]) -> tuple[dict[str, Any], str]:
+    """A mart row (and its attributes) as an API item, and its content_hash; a deterministic eventId from it."""
     item: dict[str, Any] = {}
     for column, field in settings.FIELDS.items():
         value = row.get(column)
@@ -126,8 +126,9 @@ def build_item(row: dict[str, Any], attributes: Sequence[tuple[str, str]]) -> di
             item[field] = str(value)
     if attributes:
         item["attributes"] = [{"name": str(n), "value": "" if v is None else str(v)} for n, v in attributes]
-    item["eventId"] = f"elt-{content_hash(item)[:40]}"
-    return item
+    digest = content_hash(item)  # computed once: each call took ~10% of a push's CPU (the sorted JSON encoding)
+    item["eventId"] = f"elt-{digest[:40]}"
+    return item, digest
 
 
 class ItemOutcome(NamedTuple):  # a tuple: a frozen dataclass took ~3 ms a batch of 1000 to build
