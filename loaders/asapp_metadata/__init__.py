@@ -71,7 +71,7 @@ os.environ.setdefault(f"{PIPELINE.upper()}__NORMALIZE__PARQUET_NORMALIZER__ADD_D
 
 
 class _Log:
-    """The push log's rows, held by column (a dict per row took ~1 KB of memory each)."""
+    """The push log's rows, held by column: a list slot per value, not a dict per row (272 bytes each)."""
 
     def __init__(self) -> None:
         self.columns: dict[str, list[Any]] = {name: [] for name in LOG_SCHEMA.names}
@@ -88,8 +88,8 @@ class _Log:
 
 
 def _read_mart(pipeline: Any) -> tuple[list[tuple[Any, ...]], dict[tuple[str, str], list[tuple[str, str]]]]:
-    """The mart's rows (values in settings.FIELDS order: tuples take a third of the memory of dicts), and each
-    key's attributes."""
+    """The mart's rows, as tuples of values in settings.FIELDS order (112 bytes a row against 272 for a dict), and
+    each key's attributes."""
     columns = list(settings.FIELDS)
     with pipeline.sql_client() as client:
         try:
@@ -184,7 +184,7 @@ def push(dry_run: bool = False, on_batch: Callable[[int, int], None] | None = No
             )
             continue
         to_send.append((item, base))
-    del rows, last, attributes  # not needed by the sending and the log (the peak of a large push)
+    del rows, last, attributes  # freed before the sending and the log's write
     if dry_run:
         stats.dry_run_items = [item for item, _ in to_send]
         return stats
@@ -241,7 +241,7 @@ def _send(
 
 def _write_log(pipeline: Any, rows: _Log) -> None:
     """The outcomes, appended to the push log as one Arrow table in Parquet: as dicts, dlt's normalizer and an
-    INSERT ... VALUES load took ~4.5 s per 20,000 rows (longer than sending them); this takes ~0.3 s."""
+    INSERT ... VALUES load took ~4.5 s per 20,000 rows (longer than sending them); this takes ~0.6 s."""
     if not rows:
         return
     pipeline.run(
