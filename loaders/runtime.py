@@ -92,6 +92,9 @@ def configure() -> None:
     duckdb_path().parent.mkdir(parents=True, exist_ok=True)
     # Arrow batches skip dlt's normalizer: ask it to stamp the load id anyway, for lineage.
     os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
+    # The push log (pipeline asapp_metadata) goes as Arrow too, and keeps dlt's row id, as its rows had when they
+    # went as dicts (a log created then has it NOT NULL); raw tables have none.
+    os.environ.setdefault("ASAPP_METADATA__NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_ID", "true")
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     # A loaded package's data files are deleted (dlt keeps them by default: a copy of every row loaded, ~55 MB per
     # GB of exports, and of the APSIS profiles). A package with a failed job keeps them, for the next run.

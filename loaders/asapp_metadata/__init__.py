@@ -13,7 +13,6 @@ small loader gives the documented back-off, per-item outcomes and change detecti
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,8 +65,6 @@ LOG_SCHEMA = pa.schema(
         ("pushed_at", pa.timestamp("us", tz="UTC")),
     ]
 )
-# Arrow rows get dlt's row id too, as the rows sent as dicts did (only for this pipeline: raw tables have none).
-os.environ.setdefault(f"{PIPELINE.upper()}__NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_ID", "true")
 
 
 class _Log:
