@@ -351,12 +351,12 @@ def push(
     from loaders.asapp_metadata import push as run_push
 
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("pushing batches", total=None)
+        task = progress.add_task("checking and pushing rows", total=None)
 
-        def on_batch(done: int, total: int) -> None:
+        def on_progress(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        stats = _guard(lambda: run_push(dry_run=dry_run, on_batch=on_batch))
+        stats = _guard(lambda: run_push(dry_run=dry_run, on_progress=on_progress))
     _print_push_summary(stats, dry_run)
 
 
@@ -378,7 +378,7 @@ def _print_push_summary(stats: Any, dry_run: bool) -> None:
         str(stats.rows),
         str(stats.unchanged),
         str(stats.invalid),
-        str(len(stats.dry_run_items) if dry_run else stats.sent),
+        str(stats.to_send if dry_run else stats.sent),
         str(stats.accepted),
         str(stats.failed),
         str(stats.batches),
@@ -389,10 +389,10 @@ def _print_push_summary(stats: Any, dry_run: bool) -> None:
     if len(stats.errors) > 5:
         out.print(f"  ... {len(stats.errors) - 5} more in the push log")
     if dry_run:
-        for item in stats.dry_run_items[:3]:
+        for item in stats.dry_run_items:
             out.print_json(json.dumps(item))
-        if len(stats.dry_run_items) > 3:
-            out.print(f"... and {len(stats.dry_run_items) - 3} more item(s)")
+        if stats.to_send > len(stats.dry_run_items):
+            out.print(f"... and {stats.to_send - len(stats.dry_run_items)} more item(s)")
     elif stats.failed or stats.invalid:
         out.print(
             "outcomes: select * from asapp_metadata.asapp_metadata_push_log; failed items are retried by the next push"

@@ -12,9 +12,12 @@ small loader gives the documented back-off, per-item outcomes and change detecti
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,13 +44,9 @@ class PushStats:
     accepted: int = 0
     failed: int = 0
     batches: int = 0
-    dry_run_items: list[dict[str, Any]] = field(default_factory=list)
+    to_send: int = 0  # valid new or changed rows (in a dry run, what would be sent)
+    dry_run_items: list[dict[str, Any]] = field(default_factory=list)  # the first few
     errors: list[str] = field(default_factory=list)  # a sample of reasons, for the summary
-
-
-def _query(client: Any, sql: str) -> list[tuple[Any, ...]]:
-    with client.execute_query(sql) as cursor:
-        return [tuple(r) for r in cursor.fetchall()]
 
 
 # The push log's columns, in order (the table dlt created from these rows as dicts, before they went as Arrow).
@@ -68,7 +67,7 @@ LOG_SCHEMA = pa.schema(
 
 
 class _Log:
-    """The push log's rows, held by column: a list slot per value, not a dict per row (272 bytes each)."""
+    """Push log rows not yet handed to dlt, held by column: a list slot per value, not a dict per row."""
 
     def __init__(self) -> None:
         self.columns: dict[str, list[Any]] = {name: [] for name in LOG_SCHEMA.names}
@@ -80,44 +79,72 @@ class _Log:
     def __len__(self) -> int:
         return len(self.columns["event_id"])
 
-    def table(self) -> pa.Table:
-        return pa.table(self.columns, schema=LOG_SCHEMA)
+    def drain(self) -> pa.Table:
+        """The rows held, as an Arrow table; they are no longer held."""
+        table = pa.table(self.columns, schema=LOG_SCHEMA)
+        for values in self.columns.values():
+            values.clear()
+        return table
 
 
-def _read_mart(pipeline: Any) -> tuple[list[tuple[Any, ...]], dict[tuple[str, str], list[tuple[str, str]]]]:
-    """The mart's rows, as tuples of values in settings.FIELDS order (112 bytes a row against 272 for a dict), and
-    each key's attributes."""
-    columns = list(settings.FIELDS)
+def _probe(pipeline: Any) -> tuple[int, bool]:
+    """The mart's row count, and whether the push log exists yet (it does not before the first push)."""
     with pipeline.sql_client() as client:
         try:
-            rows = _query(client, f"select {', '.join(columns)} from marts.{settings.MART}")
-            attributes = _query(
-                client,
-                "select external_conversation_id, external_customer_id, attribute_name, attribute_value "
-                f"from marts.{settings.MART_ATTRIBUTES} order by attribute_rank",
-            )
+            [(count,)] = client.execute_sql(f"select count(*) from marts.{settings.MART}")
+            client.execute_sql(f"select 1 from marts.{settings.MART_ATTRIBUTES} where 1 = 0")
         except Exception as e:
             raise PushError(f"cannot read marts.{settings.MART}: run `elt build` first ({type(e).__name__})") from e
-    by_key: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for conv, cust, name, value in attributes:
-        by_key.setdefault((conv, cust), []).append((name, value))
-    return rows, by_key
-
-
-def _last_outcomes(pipeline: Any) -> dict[tuple[str, str], tuple[str, str]]:
-    """(conversation, customer) -> (content hash, status) of the latest log row; empty before the first push."""
-    with pipeline.sql_client() as client:
-        table = client.make_qualified_table_name(settings.LOG_TABLE)
         try:
-            rows = _query(
-                client,
-                "select external_conversation_id, external_customer_id, content_hash, status from ("
-                "select *, row_number() over (partition by external_conversation_id, external_customer_id "
-                f"order by pushed_at desc) as rn from {table}) as ranked where rn = 1",
-            )
-        except Exception:  # no log table yet
-            return {}
-    return {(r[0], r[1]): (r[2], r[3]) for r in rows}
+            client.execute_sql(f"select 1 from {client.make_qualified_table_name(settings.LOG_TABLE)} where 1 = 0")
+        except Exception:
+            return int(count), False
+    return int(count), True
+
+
+def _mart_sql(log_table: str | None) -> str:
+    """Every mart row with its last push outcome (hash, status) and its attributes: a row per attribute (or one
+    with nulls), in key order, so a key's rows are adjacent and the mart can be read as a stream."""
+    keys = ("external_conversation_id", "external_customer_id")
+    last = (
+        "null as last_hash, null as last_status"
+        if log_table is None
+        else "last.content_hash as last_hash, last.status as last_status"
+    )
+    sql = (
+        f"select {', '.join(f'm.{c}' for c in settings.FIELDS)}, {last}, a.attribute_name, a.attribute_value "
+        f"from marts.{settings.MART} as m "
+    )
+    if log_table is not None:
+        sql += (
+            "left join (select external_conversation_id, external_customer_id, content_hash, status, row_number() "
+            "over (partition by external_conversation_id, external_customer_id order by pushed_at desc) as rn "
+            f"from {log_table}) as last on {' and '.join(f'last.{k} = m.{k}' for k in keys)} and last.rn = 1 "
+        )
+    return (
+        sql + f"left join marts.{settings.MART_ATTRIBUTES} as a on {' and '.join(f'a.{k} = m.{k}' for k in keys)} "
+        f"order by {', '.join(f'm.{k}' for k in keys)}, a.attribute_rank"
+    )
+
+
+@contextmanager
+def _streamed(client: Any, sql: str) -> Iterator[Iterator[tuple[Any, ...]]]:
+    """The query's rows, fetched READ_ROWS at a time. psycopg2's default cursor holds the whole result in the
+    client, so on Postgres a named (server-side) cursor in a transaction is used; DuckDB's and the other
+    drivers' cursors fetch as they go."""
+
+    def rows(cursor: Any) -> Iterator[tuple[Any, ...]]:
+        while chunk := cursor.fetchmany(settings.READ_ROWS):
+            yield from chunk
+
+    native = client.native_connection
+    if type(native).__module__.startswith("psycopg2"):
+        with client.begin_transaction(), native.cursor(name=f"asapp_push_{uuid.uuid4().hex}") as cursor:
+            cursor.execute(sql)
+            yield rows(cursor)
+    else:
+        with client.execute_query(sql) as cursor:
+            yield rows(cursor)
 
 
 def _api_config() -> tuple[str, str, str]:
@@ -138,112 +165,162 @@ def _api_config() -> tuple[str, str, str]:
     return str(base_url), str(api_id), str(api_secret)
 
 
-def push(dry_run: bool = False, on_batch: Callable[[int, int], None] | None = None) -> PushStats:
-    """Push new and changed customer_metadata rows; log every outcome. Returns the counts."""
+def push(dry_run: bool = False, on_progress: Callable[[int, int], None] | None = None) -> PushStats:
+    """Push new and changed customer_metadata rows; log every outcome. Returns the counts.
+
+    The mart is read as a stream in key order and sent CHUNK_ITEMS items at a time, and the log is handed to dlt
+    in parts as it grows, so memory does not grow with the mart. on_progress(rows checked, mart rows)."""
     pipeline = runtime.pipeline(PIPELINE, settings.LOG_DATASET)
-    rows, attributes = _read_mart(pipeline)
-    last = _last_outcomes(pipeline)
-    stats = PushStats(rows=len(rows))
-    run_id = uuid.uuid4().hex
-    now = datetime.now(UTC)
-    log_rows = _Log()
-    to_send: list[tuple[dict[str, Any], dict[str, Any]]] = []
-    columns = list(settings.FIELDS)
-    for values in rows:
-        row = dict(zip(columns, values, strict=True))
-        key = (row["external_conversation_id"], row["external_customer_id"])
-        item, digest = build_item(row, attributes.get(key, []))
-        previous = last.get(key)
-        if previous and previous[0] == digest and previous[1] in (*DONE, "invalid"):
-            stats.unchanged += previous[1] != "invalid"
-            stats.invalid += previous[1] == "invalid"
-            continue
-        base = {
-            "event_id": item["eventId"],
-            "external_conversation_id": key[0],
-            "external_customer_id": key[1],
-            "content_hash": digest,
-            "run_id": run_id,
-        }
-        errors = validate_item(item)
-        if errors:
-            stats.invalid += 1
-            stats.errors += [f"{key[0]}/{key[1]}: {e}" for e in errors][:3]
-            log_rows.append(
-                {
-                    **base,
-                    "batch_id": None,
-                    "http_status": None,
-                    "status": "invalid",
-                    "error": "; ".join(errors),
-                    "pushed_at": now,
-                }
-            )
-            continue
-        to_send.append((item, base))
-    del rows, last, attributes  # freed before the sending and the log's write
-    if dry_run:
-        stats.dry_run_items = [item for item, _ in to_send]
-        return stats
-    if to_send:
-        client = MetadataClient(*_api_config())
-        batches = [to_send[i : i + settings.BATCH_SIZE] for i in range(0, len(to_send), settings.BATCH_SIZE)]
-        try:
-            with runtime.frozen_heap():
-                _send(client, batches, run_id, stats, log_rows, on_batch)
-        finally:  # what was sent is logged even when a later batch stops the run
-            _write_log(pipeline, log_rows)
-    else:
-        _write_log(pipeline, log_rows)
-    return stats
-
-
-def _send(
-    client: MetadataClient,
-    batches: list[list[tuple[dict[str, Any], dict[str, Any]]]],
-    run_id: str,
-    stats: PushStats,
-    log_rows: _Log,
-    on_batch: Callable[[int, int], None] | None,
-) -> None:
-    """Send the batches (item, log fields) and add each item's outcome to log_rows and stats."""
-    # a few batches in flight at once (the rate limiter still spaces the requests): one at a time, each request's
-    # round trip and the server's work on it would cap the push far below the spike limit
-    for n, batch, outcomes in client.post_batches([[item for item, _ in b] for b in batches], batches):
-        batch_id = f"{run_id}-{n}"
-        answered_at = datetime.now(UTC)
-        for (_, base), outcome in zip(batch, outcomes, strict=True):
-            log_rows.append(
-                {
-                    **base,
-                    "batch_id": batch_id,
-                    "http_status": outcome.http_status,
-                    "status": outcome.status,
-                    "error": outcome.error,
-                    "pushed_at": answered_at,
-                }
-            )
-            if outcome.status in DONE:
-                stats.accepted += 1
-            else:
-                stats.failed += 1
-                if outcome.error and len(stats.errors) < 10:
-                    key = f"{base['external_conversation_id']}/{base['external_customer_id']}"
-                    stats.errors.append(f"{key}: {outcome.error}")
-        stats.sent += len(batch)
-        stats.batches += 1
-        if on_batch:
-            on_batch(n, len(batches))
-
-
-def _write_log(pipeline: Any, rows: _Log) -> None:
-    """The outcomes, appended to the push log as one Arrow table in Parquet: as dicts, dlt's normalizer and an
-    INSERT ... VALUES load took ~4.5 s per 20,000 rows (longer than sending them); this takes ~0.6 s."""
-    if not rows:
-        return
-    pipeline.run(
-        rows.table(),
-        table_name=settings.LOG_TABLE,
-        write_disposition="append",
-        loader_file_format="parquet",
+    rows, has_log = _probe(pipeline)
+    run = _Run(
+        pipeline, has_log, PushStats(rows=rows), uuid.uuid4().hex, datetime.now(UTC), _Log(), on_progress, dry_run
     )
+    if dry_run:
+        for _ in _chunks(run):
+            run.log.drain()  # the invalid rows: counted and reported, not logged
+        return run.stats
+    failure: list[BaseException] = []
+    with runtime.frozen_heap():
+        parts = _outcomes(run, failure)
+        first = next(parts, None)
+        if first is not None:  # nothing to log (nothing new, changed or invalid): no dlt run
+            pipeline.run(
+                itertools.chain([first], parts),
+                table_name=settings.LOG_TABLE,
+                write_disposition="append",
+                loader_file_format="parquet",  # as dicts, the normalizer and INSERT ... VALUES took ~4.5 s/20,000
+            )
+    if failure:
+        raise failure[0]
+    return run.stats
+
+
+@dataclass
+class _Run:
+    pipeline: Any
+    has_log: bool
+    stats: PushStats
+    run_id: str
+    started: datetime
+    log: _Log
+    on_progress: Callable[[int, int], None] | None
+    dry_run: bool
+
+
+def _chunks(run: _Run) -> Iterator[list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """The (item, log fields) to send, CHUNK_ITEMS at a time, in key order: unchanged rows are counted, invalid
+    ones logged in run.log. The mart stays open (a cursor) while each chunk is sent."""
+    columns = list(settings.FIELDS)
+    width = len(columns)
+    chunk: list[tuple[dict[str, Any], dict[str, Any]]] = []
+    checked = 0
+    with run.pipeline.sql_client() as client:
+        log_table = client.make_qualified_table_name(settings.LOG_TABLE) if run.has_log else None
+        with _streamed(client, _mart_sql(log_table)) as records:
+            for _, group in itertools.groupby(records, key=operator.itemgetter(0, 1)):
+                first = next(group)
+                attributes = [(r[width + 2], r[width + 3]) for r in (first, *group) if r[width + 2] is not None]
+                entry = _check(run, dict(zip(columns, first[:width], strict=True)), attributes, *first[width:][:2])
+                if entry is not None:
+                    chunk.append(entry)
+                checked += 1
+                if run.on_progress and checked % settings.BATCH_SIZE == 0:
+                    run.on_progress(checked, run.stats.rows)
+                if len(chunk) >= settings.CHUNK_ITEMS:
+                    yield chunk
+                    chunk = []
+    if run.on_progress:
+        run.on_progress(checked, run.stats.rows)
+    if chunk:
+        yield chunk
+
+
+def _check(
+    run: _Run, row: dict[str, Any], attributes: list[tuple[str, str]], last_hash: str | None, last_status: str | None
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The row's (item, log fields) when it is to be sent; None when it is unchanged or invalid (logged)."""
+    stats = run.stats
+    item, digest = build_item(row, attributes)
+    if last_hash == digest and last_status in (*DONE, "invalid"):
+        stats.unchanged += last_status != "invalid"
+        stats.invalid += last_status == "invalid"
+        return None
+    key = (row["external_conversation_id"], row["external_customer_id"])
+    base = {
+        "event_id": item["eventId"],
+        "external_conversation_id": key[0],
+        "external_customer_id": key[1],
+        "content_hash": digest,
+        "run_id": run.run_id,
+    }
+    errors = validate_item(item)
+    if errors:
+        stats.invalid += 1
+        stats.errors += [f"{key[0]}/{key[1]}: {e}" for e in errors][:3]
+        run.log.append(
+            {
+                **base,
+                "batch_id": None,
+                "http_status": None,
+                "status": "invalid",
+                "error": "; ".join(errors),
+                "pushed_at": run.started,
+            }
+        )
+        return None
+    stats.to_send += 1
+    if run.dry_run and len(stats.dry_run_items) < settings.DRY_RUN_SAMPLE:
+        stats.dry_run_items.append(item)
+    return item, base
+
+
+def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
+    """Send the chunks' batches, and yield the log rows (invalid items, outcomes) as Arrow tables as they
+    accumulate. Whatever stops the push (a refused batch, an error reading the mart, Ctrl-C), what was logged is
+    still yielded, so it is written; the error is put in `failure`, for the caller to raise after the write."""
+    try:
+        batches = (
+            ([item for item, _ in chunk[i : i + settings.BATCH_SIZE]], chunk[i : i + settings.BATCH_SIZE])
+            for chunk in _chunks(run)
+            for i in range(0, len(chunk), settings.BATCH_SIZE)
+        )
+        first = next(batches, None)
+        if first is not None:
+            client = MetadataClient(*_api_config())
+            for n, batch, outcomes in client.post_batches(itertools.chain([first], batches)):
+                _record(run, n, batch, outcomes)
+                if len(run.log) >= settings.CHUNK_ITEMS:
+                    yield run.log.drain()
+    except GeneratorExit:
+        raise
+    except BaseException as e:  # raised by push() once the log is written
+        failure.append(e)
+    if len(run.log):
+        yield run.log.drain()
+
+
+def _record(run: _Run, n: int, batch: list[tuple[dict[str, Any], dict[str, Any]]], outcomes: list[Any]) -> None:
+    """A batch's outcomes: in run.log and the counts."""
+    stats = run.stats
+    batch_id = f"{run.run_id}-{n}"
+    answered_at = datetime.now(UTC)
+    for (_, base), outcome in zip(batch, outcomes, strict=True):
+        run.log.append(
+            {
+                **base,
+                "batch_id": batch_id,
+                "http_status": outcome.http_status,
+                "status": outcome.status,
+                "error": outcome.error,
+                "pushed_at": answered_at,
+            }
+        )
+        if outcome.status in DONE:
+            stats.accepted += 1
+        else:
+            stats.failed += 1
+            if outcome.error and len(stats.errors) < 10:
+                key = f"{base['external_conversation_id']}/{base['external_customer_id']}"
+                stats.errors.append(f"{key}: {outcome.error}")
+    stats.sent += len(batch)
+    stats.batches += 1

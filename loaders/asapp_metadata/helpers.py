@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
 from typing import Any, NamedTuple, TypeVar
@@ -201,17 +201,26 @@ class MetadataClient:
         return session
 
     def post_batches(
-        self, batches: list[list[dict[str, Any]]], tags: Sequence[T]
+        self, batches: Iterable[tuple[list[dict[str, Any]], T]]
     ) -> Iterator[tuple[int, T, list[ItemOutcome]]]:
-        """(batch number from 1, its tag, its outcomes) for every batch, in order, with up to `concurrency` requests
-        in flight. When one batch raises (refused credentials), no further batch is sent; the batches already in
-        flight are still yielded (so they are logged) before the error is raised."""
+        """(batch number from 1, its tag, its outcomes) for every (items, tag) of `batches`, in order, with up to
+        `concurrency` requests in flight. `batches` is read lazily, a batch when a request slot frees, so it can be
+        built while the ones before it are sent. When a batch raises (refused credentials) or reading `batches`
+        does, no further batch is sent; the batches already in flight are still yielded (so they are logged)
+        before the error is raised."""
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="asapp-push") as pool:
             pending: deque[tuple[int, T, Future[list[ItemOutcome]]]] = deque()
-            queue = iter(enumerate(zip(batches, tags, strict=True), 1))
+            queue = enumerate(batches, 1)
             error: BaseException | None = None
             while True:
-                while error is None and len(pending) < self.concurrency and (item := next(queue, None)):
+                while error is None and len(pending) < self.concurrency:
+                    try:
+                        item = next(queue, None)
+                    except BaseException as e:  # raised below, once the batches in flight are in
+                        error = e
+                        break
+                    if item is None:
+                        break
                     n, (batch, tag) = item
                     pending.append((n, tag, pool.submit(self.post_batch, batch)))
                 if not pending:

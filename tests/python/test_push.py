@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from loaders.asapp_metadata import push
+from loaders.asapp_metadata import push, settings
 from loaders.asapp_metadata.helpers import PushError, RateLimiter
 from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
 from tests.python.helpers import Warehouse, elt, query
@@ -82,6 +82,36 @@ def test_batches_of_1000_and_everything_logged(api: AsappApiEmulator, warehouse:
     assert query(warehouse, f"select count(distinct _dlt_id), count(pushed_at) from {LOG}") == [(2500, 2500)]
     with_attributes = [i["attributes"] for i in api.state.persisted.values() if "attributes" in i]
     assert with_attributes and all(a == [{"name": "tier", "value": "gold"}] for a in with_attributes)
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
+def test_a_mart_larger_than_a_chunk_is_streamed_whole_and_once(
+    api: AsappApiEmulator, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # small chunks and reads, so 5,500 rows take three chunks and eight reads (on Postgres, a server-side cursor)
+    monkeypatch.setattr(settings, "CHUNK_ITEMS", 2000)
+    monkeypatch.setattr(settings, "READ_ROWS", 700)
+    write_mart(warehouse, 5500)
+    extra = [
+        (f"conv-{i}", f"c{i}", name, value, rank)
+        for i in (1500, 2999, 5499)
+        for name, value, rank in (("plan", "basic", 2), ("region", "north", 1))
+    ]
+    warehouse.execute_many("insert into marts.customer_metadata_attributes values (?, ?, ?, ?, ?)", extra)
+    progress: list[tuple[int, int]] = []
+    stats = push(on_progress=lambda done, total: progress.append((done, total)))
+    assert sorted(sent(api)) == [500] + [1000] * 5  # full batches: a chunk is a whole number of them
+    assert (stats.rows, stats.sent, stats.accepted, stats.batches) == (5500, 5500, 5500, 6)
+    assert query(warehouse, f"select count(*), count(distinct external_conversation_id) from {LOG}") == [(5500, 5500)]
+    persisted = {(i["externalConversationId"]): i for i in api.state.persisted.values()}
+    assert len(persisted) == 5500
+    for i in (1500, 2999, 5499):  # a key's attributes, adjacent in the stream, stay with it, in rank order
+        assert [a["name"] for a in persisted[f"conv-{i}"]["attributes"]] == ["region", "plan"]
+    assert persisted["conv-3"]["attributes"] == [{"name": "tier", "value": "gold"}]
+    assert "attributes" not in persisted["conv-4000"]
+    assert progress[-1] == (5500, 5500) and progress == sorted(progress) and len(progress) > 3
+    again = push()
+    assert (again.sent, again.unchanged) == (0, 5500)  # each row met its last outcome across the chunks
 
 
 @pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
