@@ -111,6 +111,25 @@ def dbt_model_seconds(target: Path) -> float:
     return sum(r["execution_time"] for r in results if r["unique_id"].startswith("model."))
 
 
+def _push(folder: Path, rows: int, times: int = 1) -> tuple[list[Run], list[float]]:
+    """`elt push` of a customer_metadata mart of `rows` rows, `times` times in a row, against the emulator in a
+    process of its own: the runs, and the times the emulator's requests arrived."""
+    pdb = folder / "asapp.duckdb"
+    pdb.parent.mkdir(parents=True)
+    with duckdb.connect(str(pdb)) as con:
+        con.execute("create schema marts")
+        con.execute(f"""create table marts.customer_metadata as select 'conv-' || i as external_conversation_id,
+            'c' || i as external_customer_id, 'known' as status, '+1555' || i as phone_number,
+            'c' || i || '@example.com' as email_address, 'user' || i as user_id, 'SE' as address_country,
+            null::varchar as address_state, '11122' as address_zipcode from range({rows}) t(i)""")
+        con.execute("""create table marts.customer_metadata_attributes (external_conversation_id varchar,
+            external_customer_id varchar, attribute_name varchar, attribute_value varchar, attribute_rank bigint)""")
+    with api_emulator_process() as (api_env, arrivals):
+        penv = {**api_env, "ELT_DUCKDB_PATH": str(pdb), "ELT_PIPELINES_DIR": str(pdb.parent / "pipelines")}
+        runs = [run([ELT, "push"], penv, cwd=PROJECT) for _ in range(times)]
+    return runs, arrivals
+
+
 def main(argv: list[str] | None = None) -> Report:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=float, default=1000.0, help="uncompressed size of the export tree")
@@ -119,6 +138,7 @@ def main(argv: list[str] | None = None) -> Report:
     ap.add_argument("--naive-rows", type=int, default=20_000, help="sample size of the naive dict path")
     ap.add_argument("--apsis-profiles", type=int, default=0, help="large APSIS export (default: from --size-mb)")
     ap.add_argument("--push-rows", type=int, default=20_000)
+    ap.add_argument("--push-large-rows", type=int, default=200_000, help="a push's memory with a large mart (0: skip)")
     ap.add_argument("--out", type=Path, default=PROJECT / "bench" / "results")
     ap.add_argument("--work", type=Path, default=PROJECT / "bench" / "work")
     args = ap.parse_args(argv)
@@ -325,21 +345,8 @@ def main(argv: list[str] | None = None) -> Report:
     # push throughput against the emulator (a process of its own), the median run of the repeats
     pushes: list[tuple[float, Run, int]] = []  # (requests/s while sending, the run, requests)
     for i in range(args.repeat):
-        pdb = work / f"push-{i}" / "asapp.duckdb"
-        pdb.parent.mkdir(parents=True)
-        with duckdb.connect(str(pdb)) as con:
-            con.execute("create schema marts")
-            con.execute(f"""create table marts.customer_metadata as select 'conv-' || i as external_conversation_id,
-                'c' || i as external_customer_id, 'known' as status, '+1555' || i as phone_number,
-                'c' || i || '@example.com' as email_address, 'user' || i as user_id, 'SE' as address_country,
-                null::varchar as address_state, '11122' as address_zipcode from range({args.push_rows}) t(i)""")
-            con.execute("""create table marts.customer_metadata_attributes (external_conversation_id varchar,
-                external_customer_id varchar, attribute_name varchar, attribute_value varchar,
-                attribute_rank bigint)""")
-        with api_emulator_process() as (api_env, times):
-            log(f"push of {args.push_rows} rows ({i + 1}/{args.repeat})")
-            penv = {**api_env, "ELT_DUCKDB_PATH": str(pdb), "ELT_PIPELINES_DIR": str(pdb.parent / "pipelines")}
-            pushed = run([ELT, "push"], penv, cwd=PROJECT)
+        log(f"push of {args.push_rows} rows ({i + 1}/{args.repeat})")
+        [pushed], times = _push(work / f"push-{i}", args.push_rows)
         span = (times[-1] - times[0]) if len(times) > 1 else pushed.seconds
         rate = (len(times) - 1) / span if len(times) > 1 and span > 0 else float("nan")
         pushes.append((rate, pushed, len(times)))
@@ -356,6 +363,13 @@ def main(argv: list[str] | None = None) -> Report:
         )
     )
     report.checks.append(("push at >= 90% of 100 requests/s with full batches", f"{rate:.1f} requests/s", rate >= 90))
+    if args.push_large_rows:  # memory with a large mart, once: the first push, then one with nothing changed
+        log(f"push of {args.push_large_rows} rows, then again with nothing changed")
+        (first, again), _ = _push(work / "push-large", args.push_large_rows, times=2)
+        for name, pushed in ((f"push, {args.push_large_rows} rows", first), ("the same, nothing changed", again)):
+            report.rows.append(
+                Row(name, pushed.seconds, pushed.peak_rss / 1e6, rows_per_s=args.push_large_rows / pushed.seconds)
+            )
     write(report, args.out)
     return report
 

@@ -27,6 +27,8 @@ def test_harness_runs_and_writes_its_report(tmp_path: Path, warehouse: object) -
             "800",
             "--push-rows",
             "1200",
+            "--push-large-rows",
+            "2500",
             "--out",
             str(tmp_path / "out"),
             "--work",
@@ -45,6 +47,8 @@ def test_harness_runs_and_writes_its_report(tmp_path: Path, warehouse: object) -
     assert all(r.seconds > 0 for r in report.rows)
     assert any(r.name == "first load of 96 historical partitions" for r in report.rows)  # 2 days x 24 h x 2 feeds
     assert any(r.name == "push, 1200 rows in 2 batches" for r in report.rows)  # the emulator in its own process
+    large = {r.name: r for r in report.rows if r.name in ("push, 2500 rows", "the same, nothing changed")}
+    assert len(large) == 2 and all(r.peak_rss_mb for r in large.values())
     assert len(report.checks) == 6
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| elt load asapp |" in md and "| target | measured | met |" in md
