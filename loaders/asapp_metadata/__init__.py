@@ -220,7 +220,9 @@ def _chunks(run: _Run) -> Iterator[list[tuple[dict[str, Any], dict[str, Any]]]]:
             for _, group in itertools.groupby(records, key=operator.itemgetter(0, 1)):
                 first = next(group)
                 attributes = [(r[width + 2], r[width + 3]) for r in (first, *group) if r[width + 2] is not None]
-                entry = _check(run, dict(zip(columns, first[:width], strict=True)), attributes, *first[width:][:2])
+                entry = _check(
+                    run, dict(zip(columns, first[:width], strict=True)), attributes, first[width], first[width + 1]
+                )
                 if entry is not None:
                     chunk.append(entry)
                 checked += 1
