@@ -387,7 +387,7 @@ def _print_push_summary(stats: Any, dry_run: bool) -> None:
     for reason in stats.errors[:5]:
         out.print(f"  [yellow]{escape(reason)}[/]")
     if len(stats.errors) > 5:
-        out.print(f"  ... {len(stats.errors) - 5} more in the push log")
+        out.print("  ... more" + ("" if dry_run else " in the push log"))
     if dry_run:
         for item in stats.dry_run_items:
             out.print_json(json.dumps(item))

@@ -208,8 +208,9 @@ class _Run:
 
 
 def _chunks(run: _Run) -> Iterator[list[tuple[dict[str, Any], dict[str, Any]]]]:
-    """The (item, log fields) to send, CHUNK_ITEMS at a time, in key order: unchanged rows are counted, invalid
-    ones logged in run.log. The mart stays open (a cursor) while each chunk is sent."""
+    """The (item, log fields) to send, in key order, in chunks of CHUNK_ITEMS (shorter when as many invalid rows
+    wait in run.log): unchanged rows are counted, invalid ones logged in run.log. The mart stays open (a cursor)
+    while each chunk is sent."""
     columns = list(settings.FIELDS)
     width = len(columns)
     chunk: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -228,7 +229,7 @@ def _chunks(run: _Run) -> Iterator[list[tuple[dict[str, Any], dict[str, Any]]]]:
                 checked += 1
                 if run.on_progress and checked % settings.BATCH_SIZE == 0:
                     run.on_progress(checked, run.stats.rows)
-                if len(chunk) >= settings.CHUNK_ITEMS:
+                if len(chunk) >= settings.CHUNK_ITEMS or len(run.log) >= settings.CHUNK_ITEMS:
                     yield chunk
                     chunk = []
     if run.on_progress:
@@ -258,7 +259,8 @@ def _check(
     errors = validate_item(item)
     if errors:
         stats.invalid += 1
-        stats.errors += [f"{key[0]}/{key[1]}: {e}" for e in errors][:3]
+        if len(stats.errors) < 10:  # a sample: the log has them all
+            stats.errors += [f"{key[0]}/{key[1]}: {e}" for e in errors][:3]
         run.log.append(
             {
                 **base,
@@ -277,22 +279,31 @@ def _check(
 
 
 def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
-    """Send the chunks' batches, and yield the log rows (invalid items, outcomes) as Arrow tables as they
-    accumulate. Whatever stops the push (a refused batch, an error reading the mart, Ctrl-C), what was logged is
-    still yielded, so it is written; the error is put in `failure`, for the caller to raise after the write."""
+    """Send the chunks in full batches (what is left of a short chunk waits for the next one), and yield the log
+    rows (invalid items, outcomes) as Arrow tables of CHUNK_ITEMS rows or more. Whatever stops the push (a refused
+    batch, an error reading the mart, Ctrl-C), what was logged is still yielded, so it is written; the error is
+    put in `failure`, for the caller to raise after the write."""
+    size = settings.BATCH_SIZE
+    clients: list[MetadataClient] = []
+
+    def send(items: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        if not clients:
+            clients.append(MetadataClient(*_api_config()))
+        batches = [items[i : i + size] for i in range(0, len(items), size)]
+        for _, batch, outcomes in clients[0].post_batches(([item for item, _ in b], b) for b in batches):
+            _record(run, batch, outcomes)
+
     try:
-        batches = (
-            ([item for item, _ in chunk[i : i + settings.BATCH_SIZE]], chunk[i : i + settings.BATCH_SIZE])
-            for chunk in _chunks(run)
-            for i in range(0, len(chunk), settings.BATCH_SIZE)
-        )
-        first = next(batches, None)
-        if first is not None:
-            client = MetadataClient(*_api_config())
-            for n, batch, outcomes in client.post_batches(itertools.chain([first], batches)):
-                _record(run, n, batch, outcomes)
-                if len(run.log) >= settings.CHUNK_ITEMS:
-                    yield run.log.drain()
+        waiting: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for chunk in _chunks(run):
+            waiting += chunk
+            if ready := len(waiting) // size * size:
+                send(waiting[:ready])
+                del waiting[:ready]
+            if len(run.log) >= settings.CHUNK_ITEMS:
+                yield run.log.drain()
+        if waiting:
+            send(waiting)
     except GeneratorExit:
         raise
     except BaseException as e:  # raised by push() once the log is written
@@ -301,10 +312,10 @@ def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
         yield run.log.drain()
 
 
-def _record(run: _Run, n: int, batch: list[tuple[dict[str, Any], dict[str, Any]]], outcomes: list[Any]) -> None:
-    """A batch's outcomes: in run.log and the counts."""
+def _record(run: _Run, batch: list[tuple[dict[str, Any], dict[str, Any]]], outcomes: list[Any]) -> None:
+    """A batch's outcomes (batches are answered in order): in run.log and the counts."""
     stats = run.stats
-    batch_id = f"{run.run_id}-{n}"
+    batch_id = f"{run.run_id}-{stats.batches + 1}"
     answered_at = datetime.now(UTC)
     for (_, base), outcome in zip(batch, outcomes, strict=True):
         run.log.append(

@@ -204,23 +204,14 @@ class MetadataClient:
         self, batches: Iterable[tuple[list[dict[str, Any]], T]]
     ) -> Iterator[tuple[int, T, list[ItemOutcome]]]:
         """(batch number from 1, its tag, its outcomes) for every (items, tag) of `batches`, in order, with up to
-        `concurrency` requests in flight. `batches` is read lazily, a batch when a request slot frees, so it can be
-        built while the ones before it are sent. When a batch raises (refused credentials) or reading `batches`
-        does, no further batch is sent; the batches already in flight are still yielded (so they are logged)
-        before the error is raised."""
+        `concurrency` requests in flight. When a batch raises (refused credentials), no further batch is sent; the
+        batches already in flight are still yielded (so they are logged) before the error is raised."""
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="asapp-push") as pool:
             pending: deque[tuple[int, T, Future[list[ItemOutcome]]]] = deque()
             queue = enumerate(batches, 1)
             error: BaseException | None = None
             while True:
-                while error is None and len(pending) < self.concurrency:
-                    try:
-                        item = next(queue, None)
-                    except BaseException as e:  # raised below, once the batches in flight are in
-                        error = e
-                        break
-                    if item is None:
-                        break
+                while error is None and len(pending) < self.concurrency and (item := next(queue, None)):
                     n, (batch, tag) = item
                     pending.append((n, tag, pool.submit(self.post_batch, batch)))
                 if not pending:

@@ -114,6 +114,23 @@ def test_a_mart_larger_than_a_chunk_is_streamed_whole_and_once(
     assert (again.sent, again.unchanged) == (0, 5500)  # each row met its last outcome across the chunks
 
 
+def test_invalid_rows_end_a_chunk_early_and_batches_stay_full(
+    api: AsappApiEmulator, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings, "CHUNK_ITEMS", 2000)
+    write_mart(warehouse, 5000, bad={i: {"u": f"bad id {i}"} for i in range(0, 5000, 2)})
+    stats = push()
+    # every other row is invalid: the log reaches a chunk's size first, the chunks come short, and what is left of
+    # each waits for the next one, so every batch but the last is full
+    assert sorted(sent(api)) == [500, 1000, 1000]
+    assert (stats.invalid, stats.sent, stats.accepted) == (2500, 2500, 2500)
+    assert query(warehouse, f"select status, count(*) from {LOG} group by 1 order by 1") == [
+        ("accepted", 2500),
+        ("invalid", 2500),
+    ]
+    assert len(stats.errors) < 20  # a sample of the reasons, not one per row
+
+
 @pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
 def test_partial_success_is_recorded_and_retried_next_run(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 20)
