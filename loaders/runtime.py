@@ -95,8 +95,8 @@ def configure() -> None:
     # The push log (pipeline asapp_metadata) goes as Arrow too, and keeps dlt's row id, as its rows had when they
     # went as dicts (a log created then has it NOT NULL); raw tables have none.
     os.environ.setdefault("ASAPP_METADATA__NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_ID", "true")
-    # Its normalizer rewrites each file whole (adding the row id): files of 100,000 rows keep a large push's
-    # normalize and load flat (a push of 1M rows peaked at 660 MB in one file, 500 MB in files of 100,000).
+    # Its normalize and load take memory with each file's size: a push of 1M rows peaked at 660 MB with the log
+    # in one file, at ~510 MB in files of 100,000 rows.
     os.environ.setdefault("ASAPP_METADATA__NORMALIZE__DATA_WRITER__FILE_MAX_ITEMS", "100000")
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
     # A loaded package's data files are deleted (dlt keeps them by default: a copy of every row loaded, ~55 MB per

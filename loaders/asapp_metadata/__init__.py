@@ -284,13 +284,13 @@ def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
     batch, an error reading the mart, Ctrl-C), what was logged is still yielded, so it is written; the error is
     put in `failure`, for the caller to raise after the write."""
     size = settings.BATCH_SIZE
-    clients: list[MetadataClient] = []
+    client: MetadataClient | None = None  # made on the first send: a push with nothing to send needs no API settings
 
     def send(items: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
-        if not clients:
-            clients.append(MetadataClient(*_api_config()))
+        nonlocal client
+        client = client or MetadataClient(*_api_config())
         batches = [items[i : i + size] for i in range(0, len(items), size)]
-        for _, batch, outcomes in clients[0].post_batches(([item for item, _ in b], b) for b in batches):
+        for batch, outcomes in client.post_batches(([item for item, _ in b], b) for b in batches):
             _record(run, batch, outcomes)
 
     try:

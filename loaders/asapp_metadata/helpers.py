@@ -200,29 +200,27 @@ class MetadataClient:
             session.headers.update(self._headers)
         return session
 
-    def post_batches(
-        self, batches: Iterable[tuple[list[dict[str, Any]], T]]
-    ) -> Iterator[tuple[int, T, list[ItemOutcome]]]:
-        """(batch number from 1, its tag, its outcomes) for every (items, tag) of `batches`, in order, with up to
-        `concurrency` requests in flight. When a batch raises (refused credentials), no further batch is sent; the
-        batches already in flight are still yielded (so they are logged) before the error is raised."""
+    def post_batches(self, batches: Iterable[tuple[list[dict[str, Any]], T]]) -> Iterator[tuple[T, list[ItemOutcome]]]:
+        """(tag, outcomes) for every (items, tag) of `batches`, in order, with up to `concurrency` requests in
+        flight. When a batch raises (refused credentials), no further batch is sent; the batches already in flight
+        are still yielded (so they are logged) before the error is raised."""
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="asapp-push") as pool:
-            pending: deque[tuple[int, T, Future[list[ItemOutcome]]]] = deque()
-            queue = enumerate(batches, 1)
+            pending: deque[tuple[T, Future[list[ItemOutcome]]]] = deque()
+            queue = iter(batches)
             error: BaseException | None = None
             while True:
                 while error is None and len(pending) < self.concurrency and (item := next(queue, None)):
-                    n, (batch, tag) = item
-                    pending.append((n, tag, pool.submit(self.post_batch, batch)))
+                    batch, tag = item
+                    pending.append((tag, pool.submit(self.post_batch, batch)))
                 if not pending:
                     break
-                n, tag, future = pending.popleft()
+                tag, future = pending.popleft()
                 try:
                     outcomes = future.result()
                 except PushError as e:
                     error = error or e
                     continue
-                yield n, tag, outcomes
+                yield tag, outcomes
             if error is not None:
                 raise error
 
