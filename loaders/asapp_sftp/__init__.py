@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -200,10 +201,16 @@ def _feed_partitions(
                     readable.append((partition, files))
             fstats.more = len(readable) > max_partitions
             readable = readable[:max_partitions]  # oldest first: the rest in the next run of this load
-            downloads = reader.downloaded(readable)  # the first download starts now
-            # looked up only when something is read (a run with nothing new does not parse export_docs.yaml), while
-            # the first download runs
-            types = column_types.get(feed) if column_types is not None and readable else None
+            types_ready: Future[dict[str, str] | None] = Future()
+            downloads = reader.downloaded(readable, types_ready)  # the first download starts now
+            try:
+                # looked up only when something is read (a run with nothing new does not parse
+                # export_docs.yaml), while the first download runs; its read waits for them
+                types = column_types.get(feed) if column_types is not None and readable else None
+            except BaseException as e:
+                types_ready.set_exception(e)
+                raise
+            types_ready.set_result(types)
             # dlt takes a timestamp's zone from hints, not from Arrow: without one a typed (naive, UTC) timestamp
             # column would be created WITH TIME ZONE. Given with the first rows that have the column (a hint for
             # an absent column would create it, and dlt would then rewrite every file to add it).
@@ -212,7 +219,7 @@ def _feed_partitions(
                 try:
                     if problem:  # nothing of it is yielded: a partition loads whole or not at all
                         raise PartitionError(problem)
-                    for item in _read_partition(reader, partition, files, prepared, fstats, types):
+                    for item in _read_partition(partition, files, prepared, fstats):
                         if timestamps and isinstance(item, pa.RecordBatch):
                             present = timestamps.intersection(item.schema.names)
                             if present:
@@ -246,17 +253,13 @@ def _feed_partitions(
 
 
 def _read_partition(
-    reader: PartitionReader,
-    partition: Partition,
-    files: list[Any],
-    prepared: PreparedPartition,
-    fstats: FeedStats,
-    types: dict[str, str] | None,
+    partition: Partition, files: list[Any], prepared: PreparedPartition, fstats: FeedStats
 ) -> Iterator[Any]:
-    loaded_at = datetime.now(UTC)
-    for batch in reader.read(partition, prepared, loaded_at, types, fstats.drift):
+    for batch in PartitionReader.read(prepared):
         fstats.rows += batch.num_rows
         yield batch
+    for column, drift in prepared.drift.items():
+        fstats.drift.setdefault(column, TypeDrift(drift.documented)).values += drift.values
     if prepared.rejects:
         fstats.rejected += len(prepared.rejects)
         for r in prepared.rejects:
@@ -270,7 +273,7 @@ def _read_partition(
                     "line": r.line,
                     "error": r.error,
                     "raw_text": r.raw,
-                    "rejected_at": loaded_at,
+                    "rejected_at": prepared.loaded_at,
                 }
                 for r in prepared.rejects
             ],

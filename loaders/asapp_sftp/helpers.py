@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 import duckdb
 import paramiko
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from loaders import runtime
 from loaders.asapp_sftp import settings
@@ -291,6 +292,8 @@ REJECT_MARK = "_asapp_rejected"  # marker row standing in for a rejected (1) or 
 # (nearly all) whose every value cast. Nothing is lost, and the typed column holds null for them.
 UNTYPED = "_asapp_untyped"
 _RAW = "_asapp_text__"  # prefix of the text of a typed column, inside the read query
+_MAP = "_asapp_map"  # a line read as a map, inside the one-pass read query
+_SAME = "_asapp_same_keys"  # whether a line has exactly the expected keys, in the one-pass read query
 
 
 @dataclass(frozen=True)
@@ -303,9 +306,11 @@ class Reject:
 
 @dataclass
 class PreparedPartition:
-    files: list[tuple[DataFile, Path, list[str]]] = field(default_factory=list)  # file, plain local copy, keys
     rejects: list[Reject] = field(default_factory=list)
     directory: Path | None = None  # where its files were downloaded (deleted once it has been read)
+    spools: list[Path] = field(default_factory=list)  # its rows, typed, as Arrow IPC files (read, in file order)
+    drift: dict[str, TypeDrift] = field(default_factory=dict)  # column -> values not of its type, in these rows
+    loaded_at: datetime | None = None  # when its rows were read (each row's _asapp_loaded_at)
 
 
 class PartitionReader:
@@ -317,6 +322,8 @@ class PartitionReader:
     row's _asapp_untyped (type drift: never lost, never rejected).
     """
 
+    AHEAD = 2  # partitions made ready ahead of the one the caller reads
+
     def __init__(
         self,
         connection: SftpConnection,
@@ -326,10 +333,11 @@ class PartitionReader:
         read_request_bytes: int = settings.DEFAULT_READ_REQUEST_BYTES,
         database: duckdb.DuckDBPyConnection | None = None,
     ) -> None:
-        # Downloads run on their own SFTP channel in a background thread, one partition ahead of the read; a
-        # file whose download the connection dropped is downloaded again on a new connection. The same thread
-        # then checks the partition (gzip to its end, every line parsed, keys found, bad lines set aside), so the
-        # read of one partition overlaps the download and check of the next.
+        # Downloads run on their own SFTP channel in a background thread, AHEAD partitions ahead of the caller
+        # (gzip files inflated and checked to their end there); a file whose download the connection dropped is
+        # downloaded again on a new connection. A second thread reads each downloaded partition (prepare: every
+        # line parsed, typed, bad lines set aside) into Arrow IPC files on local disk while the next one
+        # downloads, so the network overlaps the CPU, and the caller's thread only hands finished batches to dlt.
         self.channel = SftpChannel(connection)
         self.decryptor = decryptor  # for .enc files, in the download thread too
         self.max_bad_lines = max_bad_lines
@@ -339,37 +347,44 @@ class PartitionReader:
         # of worker threads for all the reads and checks of the run, not one per connection.
         self._own = database is None
         self.database = duckdb.connect() if database is None else database
-        self.con = self.database.cursor()  # the read, in the caller's thread (in file order: insertion order kept)
-        self.check_con = self.database.cursor()  # the checks, in the download thread
+        self.con = self.database.cursor()  # the checks and reads, in the prepare thread (one query at a time)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftp-download")
+        self._prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftp-prepare")
 
     def close(self) -> None:
         self.channel.abort()  # a download still waiting for the server gives up: the run is ending
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._prepare_pool.shutdown(wait=True, cancel_futures=True)  # one waiting for a cancelled download ends
         self.channel.close()
         self.con.close()
-        self.check_con.close()
         if self._own:
             self.database.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def _fetch(self, n: int, partition: Partition, files: list[DataFile]) -> tuple[PreparedPartition, str | None]:
-        """The partition downloaded and checked: its files ready to read, or what is wrong with them."""
+    def _fetch(
+        self, n: int, partition: Partition, files: list[DataFile], types: Future[dict[str, str] | None]
+    ) -> Future[tuple[PreparedPartition, str | None]]:
+        """The partition downloaded, checked and read into spools, or what is wrong with it (when done)."""
         local_dir = self.workdir / f"p{n}"
-        local_dir.mkdir()
-        paths, problem = self._download(partition, files, local_dir)
-        prepared = PreparedPartition()
-        if problem is None:
-            try:
-                prepared = self.prepare(files, paths)
-            except PartitionError as e:
-                problem = str(e)
-        prepared.directory = local_dir
-        return prepared, problem
+        downloaded = self._pool.submit(self._download, partition, files, local_dir)
+
+        def prepare() -> tuple[PreparedPartition, str | None]:
+            paths, problem = downloaded.result()
+            prepared = PreparedPartition()
+            if problem is None:
+                try:
+                    prepared = self.prepare(partition, files, paths, datetime.now(UTC), types.result())
+                except PartitionError as e:
+                    problem = str(e)
+            prepared.directory = local_dir
+            return prepared, problem
+
+        return self._prepare_pool.submit(prepare)
 
     def _download(self, partition: Partition, files: list[DataFile], local_dir: Path) -> tuple[list[Path], str | None]:
         """The partition's files in local_dir (decrypted, inflated), and what is wrong with them (None when nothing
         is)."""
+        local_dir.mkdir()
         paths = []
         problem = None
         for f in files:
@@ -397,11 +412,13 @@ class PartitionReader:
         return paths, problem
 
     def downloaded(
-        self, partitions: list[tuple[Partition, list[DataFile]]]
+        self, partitions: list[tuple[Partition, list[DataFile]]], types: Future[dict[str, str] | None]
     ) -> Iterator[tuple[Partition, list[DataFile], PreparedPartition, str | None]]:
-        """Each partition downloaded and checked (prepare), or what is wrong with it; the next one is downloaded
-        and checked while the caller reads this one. The first download starts at once, before the iteration does
-        (the caller can prepare its read meanwhile). A partition's files are deleted once the caller moves on."""
+        """Each partition downloaded, checked and read into spools (prepare), or what is wrong with it; the next
+        ones are made ready while the caller reads this one (AHEAD of them: one checked and read while the other
+        downloads). The first download starts at once, before the iteration does; its read waits for types
+        (column -> canonical type, see prepare), which the caller may set meanwhile. A partition's files are
+        deleted once the caller moves on."""
         pending: deque[tuple[Partition, list[DataFile], Future[tuple[PreparedPartition, str | None]]]] = deque()
         queue = iter(enumerate(partitions))
 
@@ -409,7 +426,7 @@ class PartitionReader:
             item = next(queue, None)
             if item is not None:
                 n, (partition, files) = item
-                pending.append((partition, files, self._pool.submit(self._fetch, n, partition, files)))
+                pending.append((partition, files, self._fetch(n, partition, files, types)))
 
         def results() -> Iterator[tuple[Partition, list[DataFile], PreparedPartition, str | None]]:
             while pending:
@@ -422,10 +439,11 @@ class PartitionReader:
                     if prepared.directory is not None:
                         shutil.rmtree(prepared.directory, ignore_errors=True)
 
-        submit()
+        for _ in range(self.AHEAD):
+            submit()
         return results()
 
-    def _keys(self, path: Path) -> list[str] | None:
+    def _keys(self, path: Path, first: list[str] | None) -> list[str] | None:
         """The file's keys (those of its most common row shape first, in file order), or None when DuckDB cannot
         read every line as a JSON object. Parsing the whole file here is what lets a partition be checked before
         any row is yielded. One parse per line: the rows are grouped by their key lists (a handful of shapes),
@@ -438,15 +456,15 @@ class PartitionReader:
             # the rows of the first line's shape (nearly all) are grouped without hashing their keys: ~20% less
             # work than grouping every row by its key list; any other shape (every shape, when the first line
             # gives none) is grouped exactly
-            first = _first_line_keys(path) or None
-            grouped = self.check_con.execute(
+            first = first or None
+            grouped = self.con.execute(
                 f"select case when json_keys(json) = ?::varchar[] then null else coalesce(json_keys(json), []) end "
                 f"as k, count(*) as n from {source} group by k",
                 [first],
             ).fetchall()
             shapes = sorted(((k if k is not None else first or [], n) for k, n in grouped), key=lambda s: (-s[1], s[0]))
             if any(not k for k, _ in shapes):
-                (not_objects,) = self.check_con.execute(
+                (not_objects,) = self.con.execute(
                     f"select count(*) from {source} where json_type(json) <> 'OBJECT'"
                 ).fetchone() or (0,)
                 if not_objects:
@@ -482,90 +500,171 @@ class PartitionReader:
             raise PartitionError(f"{f.name}: cannot be read ({e})") from e
         return clean, rejects
 
-    def prepare(self, files: list[DataFile], paths: list[Path]) -> PreparedPartition:
-        """Parse every file of the partition before anything is yielded: a partition loads whole or not at all.
-        Bad lines go to rejects; more than the reader's max_bad_lines of them fail the partition (PartitionError)."""
-        prepared = PreparedPartition()
+    def prepare(
+        self,
+        partition: Partition,
+        files: list[DataFile],
+        paths: list[Path],
+        loaded_at: datetime,
+        types: dict[str, str] | None = None,
+    ) -> PreparedPartition:
+        """Read every file of the partition into spools (Arrow IPC files beside them; the plain files are deleted
+        once read) before anything is yielded: a partition loads whole or not at all. Rows get the lineage
+        columns; types: column -> canonical type (the others land as text); values that will not cast to theirs
+        are kept in _asapp_untyped and counted into prepared.drift. Bad lines go to rejects; more than the
+        reader's max_bad_lines of them fail the partition (PartitionError), as does a file DuckDB cannot read.
+
+        A file whose every line is an object with its first line's keys, in that order (an export written by
+        one serializer), is parsed once: each line read as a map of its values, checked against those keys
+        while it is read. Any other file (a line with other keys, a bad line, a duplicate key) is read in two
+        passes: one to find every key and set bad lines aside (_keys, _clean), one to read the rows."""
+        prepared = PreparedPartition(loaded_at=loaded_at)
         for f, path in zip(files, paths, strict=True):
             if path.stat().st_size == 0:
                 continue
-            keys = self._keys(path)  # a gzip file was inflated by the download
+            first = _first_line_keys(path)  # a gzip file was inflated by the download
+            if first and self._spool(partition, prepared, f, path, first, types, one_pass=True):
+                continue
+            keys = self._keys(path, first)
             if keys is None:
                 path, rejects = self._clean(f, path)
-                keys = self._keys(path)
+                keys = self._keys(path, _first_line_keys(path))
                 if keys is None:
                     raise PartitionError(f"{f.name}: cannot be read as JSON lines")
                 prepared.rejects += rejects
-            prepared.files.append((f, path, keys))
+            if keys:
+                self._spool(partition, prepared, f, path, keys, types, one_pass=False)
         if len(prepared.rejects) > self.max_bad_lines:
-            first = prepared.rejects[0]
+            first_reject = prepared.rejects[0]
             raise PartitionError(
                 f"{len(prepared.rejects)} bad lines, more than --max-bad-lines {self.max_bad_lines} "
-                f"(first: {first.file} line {first.line}: {first.error})"
+                f"(first: {first_reject.file} line {first_reject.line}: {first_reject.error})"
             )
         return prepared
 
-    def read(
+    def _spool(
         self,
         partition: Partition,
         prepared: PreparedPartition,
-        loaded_at: datetime,
-        types: dict[str, str] | None = None,
-        drift: dict[str, TypeDrift] | None = None,
-    ) -> Iterator[pa.RecordBatch]:
-        """The prepared partition's rows in Arrow batches, lineage columns added. types: column -> canonical type
-        (the others land as text); values that will not cast to theirs are kept in _asapp_untyped and counted
-        into drift."""
-        for f, path, keys in prepared.files:
-            if not keys:
-                continue
-            typed = {k: types[k] for k in keys if types and types.get(k, "varchar") != "varchar"}
-            marked = path.name.endswith(".clean.jsonl")
-            read_keys = [*keys, REJECT_MARK] if marked else keys
-            columns = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in read_keys) + "}"
-            rows = (
-                f"select *, row_number() over () as _asapp_line from read_json({_sql_str(str(path))}, "
-                f"format='newline_delimited', compression='uncompressed', columns={columns}, "
-                f"maximum_object_size={settings.MAX_LINE_BYTES})"
-            )
-            if marked:
-                rows = f"select * from ({rows}) where {_quote(REJECT_MARK)} is null"
-            lineage = (
-                f"{_sql_str(partition.feed)} as _asapp_feed, {_sql_str(partition.version)} as _asapp_version, "
-                f"timestamp {_sql_str(partition.at.strftime('%Y-%m-%d %H:%M:%S'))} as _asapp_partition_at, "
-                f"{_sql_str(f.name)} as _asapp_file, "
-                f"{'null' if f.split is None else f.split}::bigint as _asapp_split, "
-                f"_asapp_line, "
-                f"timestamp {_sql_str(loaded_at.strftime('%Y-%m-%d %H:%M:%S.%f'))} as _asapp_loaded_at"
-            )
-            query = f"select {', '.join(_quote(k) for k in keys)}, {lineage}"
-            if typed:
-                # cast once, keeping the text beside it until the drifted values have been picked out
-                cast = ", ".join(
-                    f"{_cast(_quote(k), typed[k])} as {_quote(k)}, {_quote(k)} as {_quote(_RAW + k)}"
-                    if k in typed
-                    else _quote(k)
-                    for k in keys
-                )
-                failed = {
-                    k: f"({_quote(k)} is null and trim({_quote(_RAW + k)}) <> '')"  # a blank value is no value
-                    for k in typed
-                }
-                entries = ", ".join(
-                    f"case when {cond} then {_sql_str(json.dumps(k))} || ':' || to_json({_quote(_RAW + k)}) end"
-                    for k, cond in failed.items()
-                )
-                query += (
-                    f", case when {' or '.join(failed.values())} then '{{' || concat_ws(',', {entries}) || '}}' end "
-                    f"as {UNTYPED} from (select {cast}, _asapp_line from ({rows}))"
-                )
-            else:
-                query += f", null::varchar as {UNTYPED} from ({rows})"  # every batch has the same lineage columns
-            for batch in self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS):
-                if typed and drift is not None:
+        f: DataFile,
+        path: Path,
+        keys: list[str],
+        types: dict[str, str] | None,
+        one_pass: bool,
+    ) -> bool:
+        """Read one file into its spool (see prepare). In one pass, False when a line does not have exactly the
+        given keys or DuckDB refuses a line (nothing is kept: the file is then read in two passes)."""
+        typed = {k: types[k] for k in keys if types and types.get(k, "varchar") != "varchar"}
+        target = path.with_name(path.name + ".arrow")
+        query = self._query(partition, f, path, keys, typed, prepared.loaded_at or datetime.now(UTC), one_pass)
+        drift: dict[str, TypeDrift] = {}
+        spooled = False
+        try:
+            reader = self.con.execute(query).to_arrow_reader(settings.BATCH_ROWS)
+            schema = reader.schema.remove(reader.schema.get_field_index(_SAME)) if one_pass else reader.schema
+            with pa.ipc.new_file(str(target), schema) as spool:
+                for batch in reader:
+                    if one_pass:
+                        if not pc.all(batch.column(_SAME)).as_py():
+                            break
+                        batch = batch.drop_columns([_SAME])
                     untyped = batch.column(UNTYPED)
                     if untyped.null_count < len(untyped):  # rare: counted in Python
                         for text in untyped.drop_null().to_pylist():
                             for k in json.loads(text):
                                 drift.setdefault(k, TypeDrift(typed[k])).values += 1
-                yield batch
+                    spool.write_batch(batch)
+                else:
+                    spooled = True
+        except duckdb.Error as e:
+            if not one_pass:
+                target.unlink(missing_ok=True)
+                raise PartitionError(f"{f.name}: cannot be read ({' '.join(str(e).split())[:300]})") from e
+            log.debug("%s: read in two passes (%s)", f.name, e)
+            spooled = False
+        if not spooled:
+            target.unlink(missing_ok=True)
+            return False
+        for k, d in drift.items():
+            prepared.drift.setdefault(k, TypeDrift(d.documented)).values += d.values
+        path.unlink()
+        prepared.spools.append(target)
+        return True
+
+    def _query(
+        self,
+        partition: Partition,
+        f: DataFile,
+        path: Path,
+        keys: list[str],
+        typed: dict[str, str],
+        loaded_at: datetime,
+        one_pass: bool,
+    ) -> str:
+        """The DuckDB query reading one file: its rows in file order, typed, with lineage. In one pass, each line
+        is read as a map (a line that is not an object fails the query) and its values taken by position, with
+        whether its keys are exactly `keys` in column _SAME."""
+        source = (
+            f"read_json({_sql_str(str(path))}, format='newline_delimited', compression='uncompressed', "
+            f"maximum_object_size={settings.MAX_LINE_BYTES}, "
+        )
+        same = ""
+        if one_pass:
+            values = ", ".join(f"{_MAP}_values[{i}] as {_quote(k)}" for i, k in enumerate(keys, 1))
+            expected = "[" + ", ".join(_sql_str(k) for k in keys) + "]::varchar[]"
+            rows = (
+                f"select {values}, row_number() over () as _asapp_line, "
+                f"coalesce(map_keys({_MAP}) = {expected}, false) as {_SAME} from (select {_MAP}, "
+                f"map_values({_MAP}) as {_MAP}_values from {source}records=false, "
+                f"columns={{{_sql_str(_MAP)}: 'MAP(VARCHAR, VARCHAR)'}}))"
+            )
+            same = f", {_SAME}"
+        else:
+            marked = path.name.endswith(".clean.jsonl")
+            read_keys = [*keys, REJECT_MARK] if marked else keys
+            columns = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in read_keys) + "}"
+            rows = f"select *, row_number() over () as _asapp_line from {source}columns={columns})"
+            if marked:
+                rows = f"select * from ({rows}) where {_quote(REJECT_MARK)} is null"
+        lineage = (
+            f"{_sql_str(partition.feed)} as _asapp_feed, {_sql_str(partition.version)} as _asapp_version, "
+            f"timestamp {_sql_str(partition.at.strftime('%Y-%m-%d %H:%M:%S'))} as _asapp_partition_at, "
+            f"{_sql_str(f.name)} as _asapp_file, "
+            f"{'null' if f.split is None else f.split}::bigint as _asapp_split, "
+            f"_asapp_line, "
+            f"timestamp {_sql_str(loaded_at.strftime('%Y-%m-%d %H:%M:%S.%f'))} as _asapp_loaded_at"
+        )
+        query = f"select {', '.join(_quote(k) for k in keys)}, {lineage}"
+        if not typed:
+            # every batch has the same lineage columns
+            return query + f", null::varchar as {UNTYPED}{same} from ({rows})"
+        # cast once, keeping the text beside it until the drifted values have been picked out
+        cast = ", ".join(
+            f"{_cast(_quote(k), typed[k])} as {_quote(k)}, {_quote(k)} as {_quote(_RAW + k)}"
+            if k in typed
+            else _quote(k)
+            for k in keys
+        )
+        failed = {
+            k: f"({_quote(k)} is null and trim({_quote(_RAW + k)}) <> '')"  # a blank value is no value
+            for k in typed
+        }
+        entries = ", ".join(
+            f"case when {cond} then {_sql_str(json.dumps(k))} || ':' || to_json({_quote(_RAW + k)}) end"
+            for k, cond in failed.items()
+        )
+        return query + (
+            f", case when {' or '.join(failed.values())} then '{{' || concat_ws(',', {entries}) || '}}' end "
+            f"as {UNTYPED}{same} from (select {cast}, _asapp_line{same} from ({rows}))"
+        )
+
+    @staticmethod
+    def read(prepared: PreparedPartition) -> Iterator[pa.RecordBatch]:
+        """The spooled rows of a partition, in Arrow batches, in file order. Each batch is read into memory of
+        its own (not memory-mapped: a mapped spool would stay mapped, and counted, until its last batch is
+        freed)."""
+        for target in prepared.spools:
+            with pa.OSFile(str(target)) as source:
+                spool = pa.ipc.open_file(source)
+                for i in range(spool.num_record_batches):
+                    yield spool.get_batch(i)

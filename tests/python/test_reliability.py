@@ -247,3 +247,47 @@ def test_a_file_of_many_arrow_batches_lands_whole_and_each_batch_is_checked_for_
     assert query(warehouse, "select count(*), count(distinct issue_id) from asapp_raw.convos_intents") == [(n, n)]
     drift = stats.feeds["convos_intents"].drift
     assert set(drift) == {"disambig_count"} and drift["disambig_count"].values == 1  # found in the last batch
+
+
+@pytest.mark.parametrize(
+    "last_line",
+    [
+        '{"issue_id": 249, "final_intent_code": "I249", "late_column": "x"}',  # a key no line before had
+        '{"issue_id": 249}',  # a key fewer
+        '{"final_intent_code": "I249", "issue_id": 249}',  # the same keys in another order
+    ],
+)
+def test_a_line_of_another_shape_after_many_batches_lands_with_every_row_once(
+    exports: Path, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, last_line: str
+) -> None:
+    # A file whose lines all have the first line's keys is read in one pass; a line that does not, found after
+    # batches of the file were already read, makes it read again in two passes: no row may land twice or be lost
+    monkeypatch.setattr(settings, "BATCH_ROWS", 100)
+    directory = partition_dir(exports, "convos_intents", T0)
+    directory.mkdir(parents=True)
+    lines = [json.dumps(r) for r in rows(0, 249)] + [last_line]
+    (directory / "convos_intents.jsonl").write_text("\n".join(lines) + "\n")
+    (directory / "_SUCCESS").write_bytes(b"")
+    stats = load_asapp()
+    assert stats.feeds["convos_intents"].rows == 250
+    got = query(
+        warehouse,
+        "select count(*), count(distinct issue_id), min(_asapp_line), max(_asapp_line), "
+        "count(final_intent_code) from asapp_raw.convos_intents",
+    )
+    assert got == [(250, 250, 1, 250, 249 if last_line == '{"issue_id": 249}' else 250)]
+    assert query(warehouse, "select _asapp_line from asapp_raw.convos_intents where issue_id = 249") == [(250,)]
+    if "late_column" in last_line:
+        assert query(warehouse, "select issue_id from asapp_raw.convos_intents where late_column = 'x'") == [(249,)]
+
+
+def test_an_object_with_a_key_twice_fails_its_partition_alone(exports: Path, warehouse: Warehouse) -> None:
+    write_partition(exports, "convos_intents", T0, rows(1, 3))
+    bad = partition_dir(exports, "convos_intents", T0.replace(hour=11))
+    bad.mkdir(parents=True)
+    (bad / "convos_intents.jsonl").write_text('{"issue_id": 10}\n{"issue_id": 11, "issue_id": 12}\n')
+    (bad / "_SUCCESS").write_bytes(b"")
+    stats = load_asapp()
+    failed = stats.feeds["convos_intents"].failed
+    assert len(failed) == 1 and "convos_intents.jsonl: cannot be read" in failed[0] and "duplicate" in failed[0]
+    assert sorted(int(i) for (i,) in query(warehouse, "select issue_id from asapp_raw.convos_intents")) == [1, 2, 3]
