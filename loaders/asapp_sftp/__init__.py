@@ -40,6 +40,7 @@ from loaders.asapp_sftp.helpers import (
     PartitionReader,
     PreparedPartition,
     TypeDrift,
+    add_drift,
     fetch_export_docs,
     list_partitions,
 )
@@ -258,8 +259,7 @@ def _read_partition(
     for batch in PartitionReader.read(prepared):
         fstats.rows += batch.num_rows
         yield batch
-    for column, drift in prepared.drift.items():
-        fstats.drift.setdefault(column, TypeDrift(drift.documented)).values += drift.values
+    add_drift(fstats.drift, prepared.drift)
     if prepared.rejects:
         fstats.rejected += len(prepared.rejects)
         for r in prepared.rejects:

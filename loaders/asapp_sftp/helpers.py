@@ -268,6 +268,12 @@ class TypeDrift:
     values: int = 0
 
 
+def add_drift(into: dict[str, TypeDrift], counts: dict[str, TypeDrift]) -> None:
+    """Add the counts of one read (a file, a partition) to a running total, column by column."""
+    for column, drift in counts.items():
+        into.setdefault(column, TypeDrift(drift.documented)).values += drift.values
+
+
 def _duckdb_type(canonical: str) -> str:
     """The DuckDB type of a canonical type (loaders/export_docs/model.py: canonical_type)."""
     return "decimal" + canonical[len("numeric") :] if canonical.startswith("numeric") else canonical
@@ -581,12 +587,10 @@ class PartitionReader:
                 target.unlink(missing_ok=True)
                 raise PartitionError(f"{f.name}: cannot be read ({' '.join(str(e).split())[:300]})") from e
             log.debug("%s: read in two passes (%s)", f.name, e)
-            spooled = False
         if not spooled:
             target.unlink(missing_ok=True)
             return False
-        for k, d in drift.items():
-            prepared.drift.setdefault(k, TypeDrift(d.documented)).values += d.values
+        add_drift(prepared.drift, drift)
         path.unlink()
         prepared.spools.append(target)
         return True
