@@ -34,7 +34,11 @@ class PushError(RuntimeError):
 
 @cache
 def spec() -> dict[str, Any]:
-    return yaml.safe_load(settings.SPEC_PATH.read_text(encoding="utf-8"))
+    # libyaml's safe loader when PyYAML has it: the pure-Python one took ~0.65 s of every push's start (and the
+    # emulator's), libyaml ~0.09 s, for the same document
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    document: dict[str, Any] = yaml.load(settings.SPEC_PATH.read_text(encoding="utf-8"), Loader=loader)
+    return document
 
 
 def request_body_schema() -> dict[str, Any]:
