@@ -18,10 +18,10 @@ from typing import Any, NamedTuple, TypeVar
 import jsonschema_rs
 import orjson
 import requests
-import yaml
 from openapi_schema_validator import OAS30Validator
 
 from loaders.asapp_metadata import settings
+from loaders.yaml_load import safe_load
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,7 @@ class PushError(RuntimeError):
 
 @cache
 def spec() -> dict[str, Any]:
-    # libyaml's safe loader when PyYAML has it: the pure-Python one took ~0.65 s of every push's start (and the
-    # emulator's), libyaml ~0.09 s, for the same document
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    document: dict[str, Any] = yaml.load(settings.SPEC_PATH.read_text(encoding="utf-8"), Loader=loader)
+    document: dict[str, Any] = safe_load(settings.SPEC_PATH.read_text(encoding="utf-8"))
     return document
 
 
