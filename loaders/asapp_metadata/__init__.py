@@ -16,7 +16,7 @@ import itertools
 import logging
 import operator
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,12 +27,13 @@ import pyarrow as pa
 
 from loaders import runtime
 from loaders.asapp_metadata import settings
-from loaders.asapp_metadata.helpers import MetadataClient, PushError, build_item, validate_item
+from loaders.asapp_metadata.helpers import ItemOutcome, MetadataClient, PushError, build_item, validate_item
 
 log = logging.getLogger(__name__)
 
 PIPELINE = "asapp_metadata"
 DONE = ("accepted", "already_persisted")
+SETTLED = (*DONE, "invalid")  # a row's last outcome that needs no new attempt while its content is the same
 
 
 @dataclass
@@ -66,15 +67,37 @@ LOG_SCHEMA = pa.schema(
 )
 
 
+_Key = tuple[str, str, str, str]  # a row's event_id, external_conversation_id, external_customer_id, content_hash
+_Entry = tuple[dict[str, Any], _Key]  # an item to send and its row's key
+
+
 class _Log:
     """Push log rows not yet handed to dlt, held by column: a list slot per value, not a dict per row."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
         self.columns: dict[str, list[Any]] = {name: [] for name in LOG_SCHEMA.names}
 
-    def append(self, row: dict[str, Any]) -> None:
-        for name, values in self.columns.items():
-            values.append(row[name])
+    def add(
+        self,
+        keys: Sequence[_Key],
+        batch_id: str | None,
+        http_status: Sequence[int | None],
+        status: Sequence[str],
+        error: Sequence[str | None],
+        pushed_at: datetime,
+    ) -> None:
+        """Rows for `keys`, with the outcome columns given per row (or one batch_id and time for all)."""
+        columns = self.columns
+        for name, position in (("event_id", 0), ("external_conversation_id", 1), ("external_customer_id", 2)):
+            columns[name] += [key[position] for key in keys]
+        columns["content_hash"] += [key[3] for key in keys]
+        columns["run_id"] += [self.run_id] * len(keys)
+        columns["batch_id"] += [batch_id] * len(keys)
+        columns["http_status"] += http_status
+        columns["status"] += status
+        columns["error"] += error
+        columns["pushed_at"] += [pushed_at] * len(keys)
 
     def __len__(self) -> int:
         return len(self.columns["event_id"])
@@ -168,16 +191,17 @@ def _api_config() -> tuple[str, str, str]:
 def push(dry_run: bool = False, on_progress: Callable[[int, int], None] | None = None) -> PushStats:
     """Push new and changed customer_metadata rows; log every outcome. Returns the counts.
 
-    The mart is read as a stream in key order and sent CHUNK_ITEMS items at a time, and the log is handed to dlt
-    in parts as it grows, so memory does not grow with the mart. on_progress(rows checked, mart rows)."""
+    The mart is read as a stream in key order; each batch is built while the ones before it are in flight, and the
+    log is handed to dlt in parts as it grows, so memory does not grow with the mart. on_progress(rows checked,
+    mart rows)."""
     pipeline = runtime.pipeline(PIPELINE, settings.LOG_DATASET)
     rows, has_log = _probe(pipeline)
-    run = _Run(
-        pipeline, has_log, PushStats(rows=rows), uuid.uuid4().hex, datetime.now(UTC), _Log(), on_progress, dry_run
-    )
+    run_id = uuid.uuid4().hex
+    run = _Run(pipeline, has_log, PushStats(rows=rows), datetime.now(UTC), _Log(run_id), on_progress, dry_run)
     if dry_run:
-        for _ in _chunks(run):
-            run.log.drain()  # the invalid rows: counted and reported, not logged
+        for _ in _entries(run):
+            if len(run.log) >= settings.LOG_PART_ROWS:
+                run.log.drain()  # the invalid rows: counted and reported, not logged
         return run.stats
     failure: list[BaseException] = []
     with runtime.frozen_heap():
@@ -200,20 +224,16 @@ class _Run:
     pipeline: Any
     has_log: bool
     stats: PushStats
-    run_id: str
     started: datetime
     log: _Log
     on_progress: Callable[[int, int], None] | None
     dry_run: bool
 
 
-def _chunks(run: _Run) -> Iterator[list[tuple[dict[str, Any], dict[str, Any]]]]:
-    """The (item, log fields) to send, in key order, in chunks of CHUNK_ITEMS (shorter when as many invalid rows
-    wait in run.log): unchanged rows are counted, invalid ones logged in run.log. The mart stays open (a cursor)
-    while each chunk is sent."""
-    columns = list(settings.FIELDS)
-    width = len(columns)
-    chunk: list[tuple[dict[str, Any], dict[str, Any]]] = []
+def _entries(run: _Run) -> Iterator[_Entry]:
+    """The rows to send, in key order: unchanged rows are counted, invalid ones logged in run.log. The mart stays
+    open (a cursor) while they are sent."""
+    width = len(settings.FIELDS)
     checked = 0
     with run.pipeline.sql_client() as client:
         log_table = client.make_qualified_table_name(settings.LOG_TABLE) if run.has_log else None
@@ -221,89 +241,85 @@ def _chunks(run: _Run) -> Iterator[list[tuple[dict[str, Any], dict[str, Any]]]]:
             for _, group in itertools.groupby(records, key=operator.itemgetter(0, 1)):
                 first = next(group)
                 attributes = [(r[width + 2], r[width + 3]) for r in (first, *group) if r[width + 2] is not None]
-                entry = _check(
-                    run, dict(zip(columns, first[:width], strict=True)), attributes, first[width], first[width + 1]
-                )
+                entry = _check(run, first[:width], attributes, first[width], first[width + 1])
                 if entry is not None:
-                    chunk.append(entry)
+                    yield entry
                 checked += 1
                 if run.on_progress and checked % settings.BATCH_SIZE == 0:
                     run.on_progress(checked, run.stats.rows)
-                if len(chunk) >= settings.CHUNK_ITEMS or len(run.log) >= settings.CHUNK_ITEMS:
-                    yield chunk
-                    chunk = []
     if run.on_progress:
         run.on_progress(checked, run.stats.rows)
-    if chunk:
-        yield chunk
 
 
 def _check(
-    run: _Run, row: dict[str, Any], attributes: list[tuple[str, str]], last_hash: str | None, last_status: str | None
-) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The row's (item, log fields) when it is to be sent; None when it is unchanged or invalid (logged)."""
+    run: _Run,
+    values: tuple[Any, ...],
+    attributes: list[tuple[str, str]],
+    last_hash: str | None,
+    last_status: str | None,
+) -> _Entry | None:
+    """The row's (item, key) when it is to be sent (values: the mart row, in settings.FIELDS order, the keys first);
+    None when it is unchanged or invalid (logged)."""
     stats = run.stats
-    item, digest = build_item(row, attributes)
-    if last_hash == digest and last_status in (*DONE, "invalid"):
+    item, digest = build_item(values, attributes)
+    if last_hash == digest and last_status in SETTLED:
         stats.unchanged += last_status != "invalid"
         stats.invalid += last_status == "invalid"
         return None
-    key = (row["external_conversation_id"], row["external_customer_id"])
-    base = {
-        "event_id": item["eventId"],
-        "external_conversation_id": key[0],
-        "external_customer_id": key[1],
-        "content_hash": digest,
-        "run_id": run.run_id,
-    }
+    key = (item["eventId"], values[0], values[1], digest)
     errors = validate_item(item)
     if errors:
         stats.invalid += 1
         if len(stats.errors) < 10:  # a sample: the log has them all
-            stats.errors += [f"{key[0]}/{key[1]}: {e}" for e in errors][:3]
-        run.log.append(
-            {
-                **base,
-                "batch_id": None,
-                "http_status": None,
-                "status": "invalid",
-                "error": "; ".join(errors),
-                "pushed_at": run.started,
-            }
-        )
+            stats.errors += [f"{key[1]}/{key[2]}: {e}" for e in errors][:3]
+        run.log.add([key], None, [None], ["invalid"], ["; ".join(errors)], run.started)
         return None
     stats.to_send += 1
     if run.dry_run and len(stats.dry_run_items) < settings.DRY_RUN_SAMPLE:
         stats.dry_run_items.append(item)
-    return item, base
+    return item, key
 
 
 def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
-    """Send the chunks in full batches (what is left of a short chunk waits for the next one), and yield the log
-    rows (invalid items, outcomes) as Arrow tables of CHUNK_ITEMS rows or more. Whatever stops the push (a refused
-    batch, an error reading the mart, Ctrl-C), what was logged is still yielded, so it is written; the error is
-    put in `failure`, for the caller to raise after the write."""
+    """Send the rows in full batches (only the last may be short), and yield the log rows (invalid items,
+    outcomes) as Arrow tables of LOG_PART_ROWS rows or more.
+
+    A batch is built when a request slot is free (post_batches asks for it), so building overlaps the requests in
+    flight. When invalid rows pile up in the log, building pauses (the batch begun waits) until the log is handed
+    to dlt. Whatever stops the push (a refused batch, an error reading the mart, Ctrl-C), what was logged is still
+    yielded, so it is written; the error is put in `failure`, for the caller to raise after the write."""
     size = settings.BATCH_SIZE
-    client: MetadataClient | None = None  # made on the first send: a push with nothing to send needs no API settings
+    entries = _entries(run)
+    waiting: list[_Entry] = []
+    read_all = False
 
-    def send(items: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
-        nonlocal client
-        client = client or MetadataClient(*_api_config())
-        batches = [items[i : i + size] for i in range(0, len(items), size)]
-        for batch, outcomes in client.post_batches(([item for item, _ in b], b) for b in batches):
-            _record(run, batch, outcomes)
-
-    try:
-        waiting: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        for chunk in _chunks(run):
-            waiting += chunk
-            if ready := len(waiting) // size * size:
-                send(waiting[:ready])
-                del waiting[:ready]
-            if len(run.log) >= settings.CHUNK_ITEMS:
-                yield run.log.drain()
+    def batches() -> Iterator[tuple[list[dict[str, Any]], list[_Key]]]:
+        nonlocal waiting, read_all
+        for entry in entries:
+            waiting.append(entry)
+            if len(waiting) == size:
+                batch, waiting = waiting, []
+                yield [item for item, _ in batch], [key for _, key in batch]
+            if len(run.log) >= settings.LOG_PART_ROWS:
+                return
+        read_all = True
         if waiting:
-            send(waiting)
+            batch, waiting = waiting, []
+            yield [item for item, _ in batch], [key for _, key in batch]
+
+    client: MetadataClient | None = None  # made on the first send: a push with nothing to send needs no API settings
+    try:
+        while not read_all:
+            queue = batches()
+            first = next(queue, None)
+            if first is not None:
+                client = client or MetadataClient(*_api_config())
+                for keys, outcomes in client.post_batches(itertools.chain([first], queue)):
+                    _record(run, keys, outcomes)
+                    if len(run.log) >= settings.LOG_PART_ROWS:
+                        yield run.log.drain()
+            if len(run.log) >= settings.LOG_PART_ROWS:
+                yield run.log.drain()
     except GeneratorExit:
         raise
     except BaseException as e:  # raised by push() once the log is written
@@ -312,28 +328,24 @@ def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
         yield run.log.drain()
 
 
-def _record(run: _Run, batch: list[tuple[dict[str, Any], dict[str, Any]]], outcomes: list[Any]) -> None:
+def _record(run: _Run, keys: list[_Key], outcomes: list[ItemOutcome]) -> None:
     """A batch's outcomes (batches are answered in order): in run.log and the counts."""
     stats = run.stats
-    batch_id = f"{run.run_id}-{stats.batches + 1}"
-    answered_at = datetime.now(UTC)
-    for (_, base), outcome in zip(batch, outcomes, strict=True):
-        run.log.append(
-            {
-                **base,
-                "batch_id": batch_id,
-                "http_status": outcome.http_status,
-                "status": outcome.status,
-                "error": outcome.error,
-                "pushed_at": answered_at,
-            }
-        )
-        if outcome.status in DONE:
-            stats.accepted += 1
-        else:
-            stats.failed += 1
-            if outcome.error and len(stats.errors) < 10:
-                key = f"{base['external_conversation_id']}/{base['external_customer_id']}"
-                stats.errors.append(f"{key}: {outcome.error}")
-    stats.sent += len(batch)
     stats.batches += 1
+    statuses = [outcome.status for outcome in outcomes]
+    run.log.add(
+        keys,
+        f"{run.log.run_id}-{stats.batches}",
+        [outcome.http_status for outcome in outcomes],
+        statuses,
+        [outcome.error for outcome in outcomes],
+        datetime.now(UTC),
+    )
+    done = sum(status in DONE for status in statuses)
+    stats.accepted += done
+    stats.failed += len(outcomes) - done
+    if done < len(outcomes):
+        for key, outcome in zip(keys, outcomes, strict=True):
+            if outcome.status not in DONE and outcome.error and len(stats.errors) < 10:
+                stats.errors.append(f"{key[1]}/{key[2]}: {outcome.error}")
+    stats.sent += len(keys)

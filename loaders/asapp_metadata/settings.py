@@ -12,7 +12,7 @@ RETRY_429_S = (1.0, 2.0, 4.0)
 RETRY_5XX_S = (0.25, 0.5, 1.0)
 REQUEST_TIMEOUT_S = 60.0
 READ_ROWS = 10_000  # mart rows fetched from the warehouse at a time
-CHUNK_ITEMS = 20 * BATCH_SIZE  # items built and validated before they are sent (and log rows before dlt takes them)
+LOG_PART_ROWS = 20 * BATCH_SIZE  # push log rows held before dlt takes them (invalid rows pause building there)
 DRY_RUN_SAMPLE = 3  # items a dry run keeps to show
 
 MART = "customer_metadata"  # one row per (external_conversation_id, external_customer_id)

@@ -4,14 +4,16 @@ ASAPP's OpenAPI spec): batching, partial success, change detection, back-off, lo
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
+import json
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from loaders.asapp_metadata import push, settings
-from loaders.asapp_metadata.helpers import PushError, RateLimiter
+from loaders.asapp_metadata.helpers import PushError, RateLimiter, content_hash
 from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
 from tests.python.helpers import Warehouse, elt, query
 
@@ -85,11 +87,12 @@ def test_batches_of_1000_and_everything_logged(api: AsappApiEmulator, warehouse:
 
 
 @pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
-def test_a_mart_larger_than_a_chunk_is_streamed_whole_and_once(
+def test_a_mart_larger_than_a_log_part_is_streamed_whole_and_once(
     api: AsappApiEmulator, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # small chunks and reads, so 5,500 rows take three chunks and eight reads (on Postgres, a server-side cursor)
-    monkeypatch.setattr(settings, "CHUNK_ITEMS", 2000)
+    # small log parts and reads: the log goes to dlt in three parts, the mart in eight reads (on Postgres, a
+    # server-side cursor)
+    monkeypatch.setattr(settings, "LOG_PART_ROWS", 2000)
     monkeypatch.setattr(settings, "READ_ROWS", 700)
     write_mart(warehouse, 5500)
     extra = [
@@ -100,7 +103,7 @@ def test_a_mart_larger_than_a_chunk_is_streamed_whole_and_once(
     warehouse.execute_many("insert into marts.customer_metadata_attributes values (?, ?, ?, ?, ?)", extra)
     progress: list[tuple[int, int]] = []
     stats = push(on_progress=lambda done, total: progress.append((done, total)))
-    assert sorted(sent(api)) == [500] + [1000] * 5  # full batches: a chunk is a whole number of them
+    assert sorted(sent(api)) == [500] + [1000] * 5  # full batches but the last (sent concurrently: any order)
     assert (stats.rows, stats.sent, stats.accepted, stats.batches) == (5500, 5500, 5500, 6)
     assert query(warehouse, f"select count(*), count(distinct external_conversation_id) from {LOG}") == [(5500, 5500)]
     persisted = {(i["externalConversationId"]): i for i in api.state.persisted.values()}
@@ -111,17 +114,17 @@ def test_a_mart_larger_than_a_chunk_is_streamed_whole_and_once(
     assert "attributes" not in persisted["conv-4000"]
     assert progress[-1] == (5500, 5500) and progress == sorted(progress) and len(progress) > 3
     again = push()
-    assert (again.sent, again.unchanged) == (0, 5500)  # each row met its last outcome across the chunks
+    assert (again.sent, again.unchanged) == (0, 5500)  # each row met its last outcome across the parts
 
 
-def test_invalid_rows_end_a_chunk_early_and_batches_stay_full(
+def test_invalid_rows_pause_building_and_batches_stay_full(
     api: AsappApiEmulator, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(settings, "CHUNK_ITEMS", 2000)
+    monkeypatch.setattr(settings, "LOG_PART_ROWS", 2000)
     write_mart(warehouse, 5000, bad={i: {"u": f"bad id {i}"} for i in range(0, 5000, 2)})
     stats = push()
-    # every other row is invalid: the log reaches a chunk's size first, the chunks come short, and what is left of
-    # each waits for the next one, so every batch but the last is full
+    # every other row is invalid: the log reaches a part's size before 2000 items are built; building pauses while
+    # dlt takes it, and the batch begun waits, so every batch but the last is full
     assert sorted(sent(api)) == [500, 1000, 1000]
     assert (stats.invalid, stats.sent, stats.accepted) == (2500, 2500, 2500)
     assert query(warehouse, f"select status, count(*) from {LOG} group by 1 order by 1") == [
@@ -257,6 +260,45 @@ def test_refused_batch_stops_the_push_and_batches_in_flight_are_logged(
     logged = query(warehouse, f"select status, event_id from {LOG}")
     assert {e for s, e in logged if s == "accepted"} == accepted  # what the API took is known
     assert push().accepted == 8000 - len(accepted)  # the next push sends the rest
+
+
+def test_batches_are_built_while_earlier_ones_are_in_flight(api: AsappApiEmulator, warehouse: Warehouse) -> None:
+    write_mart(warehouse, 5000)  # five batches, well under a chunk of log rows
+    checked: list[tuple[int, float]] = []
+    push(on_progress=lambda done, total: checked.append((done, time.monotonic())))
+    first_request = min(t for t, _, _ in api.state.received)
+    # the first batch went out as soon as it was built, not once the whole mart was
+    assert first_request < next(t for done, t in checked if done == 5000)
+    assert sent(api) == [1000] * 5
+
+
+def test_interrupted_while_building_what_was_sent_is_logged(api: AsappApiEmulator, warehouse: Warehouse) -> None:
+    write_mart(warehouse, 8000)
+
+    def interrupt(done: int, total: int) -> None:
+        if done == 6000:  # Ctrl-C while the next batch is built, with earlier ones in flight
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        push(on_progress=interrupt)
+    accepted = {i for _, status, ids in api.state.received if status == 200 for i in ids}
+    assert accepted and len(accepted) < 8000 and len(api.state.persisted) == len(accepted)
+    logged = query(warehouse, f"select event_id from {LOG} where status = 'accepted'")
+    assert {e for (e,) in logged} == accepted  # every batch sent was answered and logged before the stop
+    again = push()
+    assert (again.sent, again.unchanged) == (8000 - len(accepted), len(accepted))
+
+
+def test_content_hash_is_the_sorted_compact_json_encoding_whatever_the_characters() -> None:
+    # the hashes in a push log were made with json.dumps (non-ASCII and DEL escaped as \uXXXX): the faster
+    # encoding must give the same hash for every value, or a push would resend every row it had sent
+    characters = [chr(c) for c in range(128)] + ["é", "日", "\U0001f600", "\u2028", "\ud800"]
+    for i, c in enumerate(characters):
+        value = f"a{c}b{characters[-i]}"
+        item = {"externalCustomerId": value, "eventId": "x", "attributes": [{"name": value, "value": c}]}
+        payload = {k: v for k, v in item.items() if k != "eventId"}
+        expected = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        assert content_hash(item) == expected, repr(value)
 
 
 def test_missing_mart_is_a_clear_error(api: AsappApiEmulator, warehouse: Warehouse) -> None:
