@@ -1,0 +1,145 @@
+"""The SFTP partition reader's two fast paths, watched through real parts: DuckDB's own query log shows how many
+passes a file took to read, and a real sshd serves the partitions whose downloads overlap their reading."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from loaders.asapp_sftp.connection import RetryPolicy, SftpConnection, connect_sftp
+from loaders.asapp_sftp.helpers import DataFile, Partition, PartitionReader
+from loaders.sandbox.openssh import Sshd
+
+TYPES = {"id": "bigint", "score": "double"}
+
+
+@pytest.fixture
+def database() -> Iterator[duckdb.DuckDBPyConnection]:
+    con = duckdb.connect()
+    con.execute("call enable_logging('QueryLog')")  # every query of every cursor on this database
+    yield con
+    con.close()
+
+
+@pytest.fixture
+def make_reader(sshd: Sshd, database: duckdb.DuckDBPyConnection) -> Iterator[Callable[[], PartitionReader]]:
+    readers: list[PartitionReader] = []
+
+    def make() -> PartitionReader:
+        connection = SftpConnection(
+            lambda: connect_sftp("127.0.0.1", sshd.port, sshd.username, str(sshd.client_key), str(sshd.known_hosts)),
+            f"127.0.0.1:{sshd.port}",
+            RetryPolicy(attempts=2, wait=0.1),
+            10.0,
+        )
+        readers.append(PartitionReader(connection, database=database))
+        return readers[-1]
+
+    yield make
+    for reader in readers:
+        reader.close()
+
+
+def partition(path: Path, feed: str = "feed", mi: str = "00") -> Partition:
+    return Partition(feed, "1", "jsonl", "2026-11-01", "00", mi, str(path))
+
+
+def write(path: Path, rows: list[dict[str, Any]]) -> DataFile:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return DataFile(path.name, None, False, False, path.stat().st_size)
+
+
+def rows_of(reader: PartitionReader, prepared: Any) -> list[dict[str, Any]]:
+    table = pa.Table.from_batches(list(reader.read(prepared)))
+    return table.select(
+        [c for c in table.column_names if not c.startswith("_asapp_") or c == "_asapp_line"]
+    ).to_pylist()
+
+
+def reads(database: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """(key-finding passes, row-reading passes) in DuckDB's query log so far."""
+    logged = [m for (m,) in database.execute("select message from duckdb_logs where type = 'QueryLog'").fetchall()]
+    return sum("read_ndjson_objects(" in m for m in logged), sum("read_json(" in m for m in logged)
+
+
+def test_a_uniform_file_is_parsed_once_and_a_varied_one_in_two_passes(
+    tmp_path: Path, make_reader: Callable[[], PartitionReader], database: duckdb.DuckDBPyConnection
+) -> None:
+    reader = make_reader()
+    rows = [{"id": i, "name": f"n{i}", "score": i / 2} for i in range(3000)]
+    uniform = write(tmp_path / "a" / "feed.jsonl", rows)
+    prepared = reader.prepare(
+        partition(tmp_path / "a"), [uniform], [tmp_path / "a" / uniform.name], datetime.now(UTC), TYPES
+    )
+    # one serializer's export: each line read once, as a map checked against the first line's keys
+    assert reads(database) == (0, 1)
+    assert rows_of(reader, prepared) == [{**r, "_asapp_line": n} for n, r in enumerate(rows, 1)]
+
+    varied = [dict(r) for r in rows]
+    varied[5] = {"score": 2.5, "name": "n5", "id": 5}  # the same keys in another order
+    varied[7] = {"id": 7, "name": "n7"}  # one missing
+    varied[2999] = {**rows[2999], "note": "late"}  # one more, on the last line (after the first batch)
+    other = write(tmp_path / "b" / "feed.jsonl", varied)
+    prepared = reader.prepare(
+        partition(tmp_path / "b"), [other], [tmp_path / "b" / other.name], datetime.now(UTC), TYPES
+    )
+    # the one-pass read stops at the first line of another shape, and the file is read again with every key
+    key_passes, row_passes = reads(database)
+    assert key_passes >= 1 and row_passes == 3
+    got = rows_of(reader, prepared)
+    assert len(got) == 3000 and [r["_asapp_line"] for r in got] == list(range(1, 3001))
+    assert got[5] == {"id": 5, "name": "n5", "score": 2.5, "note": None, "_asapp_line": 6}
+    assert got[7] == {"id": 7, "name": "n7", "score": None, "note": None, "_asapp_line": 8}
+    assert got[2999]["note"] == "late" and got[2998]["note"] is None
+
+
+def test_the_next_partitions_download_while_one_is_read_and_the_caller_holds_another(
+    tmp_path: Path, make_reader: Callable[[], PartitionReader]
+) -> None:
+    reader = make_reader()
+    parts = []
+    for n in range(3):
+        directory = tmp_path / f"mi={n:02d}"
+        rows = [{"id": n * 100_000 + i, "name": "x" * 40, "score": float(i)} for i in range(40_000)]
+        parts.append((partition(directory, mi=f"{n:02d}"), [write(directory / "feed.jsonl", rows)]))
+    # instrumentation, not a stand-in: each step runs as it does in a load, and its span is recorded
+    spans: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def timed(step: str, method: Callable[..., Any]) -> Callable[..., Any]:
+        def run(part: Partition, *args: Any, **kwargs: Any) -> Any:
+            start = time.monotonic()
+            try:
+                return method(part, *args, **kwargs)
+            finally:
+                spans[(step, part.mi)] = (start, time.monotonic())
+
+        return run
+
+    reader._download = timed("download", reader._download)  # type: ignore[method-assign]
+    reader.prepare = timed("prepare", reader.prepare)  # type: ignore[method-assign]
+    types: Future[dict[str, str] | None] = Future()
+    types.set_result(TYPES)
+    held: dict[str, tuple[float, float]] = {}
+    ids = []
+    for part, _, prepared, problem in reader.downloaded(parts, types):
+        assert problem is None
+        start = time.monotonic()
+        ids.append([r["id"] for r in rows_of(reader, prepared)])
+        time.sleep(0.5)  # the caller hands the rows to dlt
+        held[part.mi] = (start, time.monotonic())
+    assert ids == [[n * 100_000 + i for i in range(40_000)] for n in range(3)]
+    # the second download runs while the first partition is read (the network overlaps the CPU) ...
+    assert spans[("download", "01")][0] < spans[("prepare", "00")][1]
+    # ... and the partitions after it are made ready while the caller holds the one before
+    assert spans[("prepare", "01")][0] < held["00"][1]
+    assert spans[("download", "02")][0] < held["00"][1]
