@@ -16,7 +16,7 @@ import itertools
 import logging
 import operator
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -230,7 +230,7 @@ class _Run:
     dry_run: bool
 
 
-def _entries(run: _Run) -> Iterator[_Entry]:
+def _entries(run: _Run) -> Generator[_Entry, None, None]:
     """The rows to send, in key order: unchanged rows are counted, invalid ones logged in run.log. The mart stays
     open (a cursor) while they are sent."""
     width = len(settings.FIELDS)
@@ -324,6 +324,8 @@ def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
         raise
     except BaseException as e:  # raised by push() once the log is written
         failure.append(e)
+    finally:
+        entries.close()  # the mart's cursor (on Postgres, its transaction) ends now, not when collected
     if len(run.log):
         yield run.log.drain()
 

@@ -220,8 +220,9 @@ class MetadataClient:
     def post_batches(self, batches: Iterable[tuple[list[dict[str, Any]], T]]) -> Iterator[tuple[T, list[ItemOutcome]]]:
         """(tag, outcomes) for every (items, tag) of `batches`, in order, with up to `concurrency` requests in
         flight. `batches` is read only when a slot is free, so a lazy one is built while requests are in flight.
-        When a batch raises (refused credentials), or reading `batches` does (the mart, Ctrl-C), no further batch
-        is sent; the batches already in flight are still yielded (so they are logged) before the error is raised."""
+        When a batch raises (refused credentials), reading `batches` does (the mart), or Ctrl-C comes, no further
+        batch is sent; the batches already in flight are still answered and yielded (so they are logged) before
+        the error is raised. A second Ctrl-C stops without waiting."""
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="asapp-push") as pool:
             pending: deque[tuple[T, Future[list[ItemOutcome]]]] = deque()
             queue = iter(batches)
@@ -239,12 +240,20 @@ class MetadataClient:
                     pending.append((tag, pool.submit(self.post_batch, batch)))
                 if not pending:
                     break
-                tag, future = pending.popleft()
+                tag, future = pending[0]
                 try:
                     outcomes = future.result()
                 except PushError as e:
+                    pending.popleft()
                     error = error or e
                     continue
+                except KeyboardInterrupt as e:
+                    if error is not None:  # a second Ctrl-C, or one while stopping anyway: stop now
+                        raise
+                    error = e
+                    log.warning("interrupted: waiting for the %d batches in flight, to log them", len(pending))
+                    continue
+                pending.popleft()
                 yield tag, outcomes
             if error is not None:
                 raise error

@@ -35,6 +35,7 @@ class ApiState:
     api_secret: str
     reject_customers: set[str] = field(default_factory=set)  # items for them fail (partial success)
     inject: list[int] = field(default_factory=list)  # statuses answered to the next requests
+    answer_delay: float = 0.0  # seconds each answer takes (a slow API)
     received: list[tuple[float, int, list[str]]] = field(default_factory=list)  # (time, status, event ids)
     persisted: dict[str, dict[str, Any]] = field(default_factory=dict)  # eventId -> item
     invalid_requests: list[str] = field(default_factory=list)
@@ -75,6 +76,7 @@ def make_handler(state: ApiState) -> type[JsonHandler]:
                 ids = []
             with state.lock:
                 state.received.append((arrived, status, ids))
+            time.sleep(state.answer_delay)
             self.send_json(status, body)
 
         def _answer(self, raw: bytes, document: Any) -> tuple[int, Any]:

@@ -7,6 +7,8 @@ import bisect
 import hashlib
 import itertools
 import json
+import signal
+import threading
 import time
 from collections.abc import Iterator
 
@@ -287,6 +289,28 @@ def test_interrupted_while_building_what_was_sent_is_logged(api: AsappApiEmulato
     assert {e for (e,) in logged} == accepted  # every batch sent was answered and logged before the stop
     again = push()
     assert (again.sent, again.unchanged) == (8000 - len(accepted), len(accepted))
+
+
+def test_ctrl_c_while_batches_are_in_flight_waits_for_their_answers_and_logs_them(
+    api: AsappApiEmulator, warehouse: Warehouse
+) -> None:
+    write_mart(warehouse, 2000)
+    api.state.answer_delay = 0.5  # a slow API: both batches are sent, neither answered yet
+    main = threading.get_ident()
+
+    def ctrl_c() -> None:
+        deadline = time.monotonic() + 30
+        while len(api.state.received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        push()
+    assert [status for _, status, _ in api.state.received] == [200, 200]
+    logged = query(warehouse, f"select status, count(*) from {LOG} group by 1")
+    assert logged == [("accepted", 2000)]  # the answers that came after Ctrl-C are known
+    assert push().sent == 0
 
 
 def test_content_hash_is_the_sorted_compact_json_encoding_whatever_the_characters() -> None:
