@@ -251,7 +251,11 @@ class MetadataClient:
                     if error is not None:  # a second Ctrl-C, or one while stopping anyway: stop now
                         raise
                     error = e
-                    log.warning("interrupted: waiting for the %d batches in flight, to log them", len(pending))
+                    log.warning(
+                        "interrupted: waiting for the answers to the %d batches in flight, to log them "
+                        "(Ctrl-C again to stop now)",
+                        len(pending),
+                    )
                     continue
                 pending.popleft()
                 yield tag, outcomes
