@@ -230,9 +230,10 @@ class _Run:
     dry_run: bool
 
 
-def _entries(run: _Run) -> Generator[_Entry, None, None]:
-    """The rows to send, in key order: unchanged rows are counted, invalid ones logged in run.log. The mart stays
-    open (a cursor) while they are sent."""
+def _entries(run: _Run) -> Generator[_Entry | None, None, None]:
+    """The rows to send, in key order: unchanged rows are counted, invalid ones logged in run.log. None when an
+    invalid row fills run.log to LOG_PART_ROWS, so the caller hands it on even when no row is to be sent. The mart
+    stays open (a cursor) while they are sent."""
     width = len(settings.FIELDS)
     checked = 0
     with run.pipeline.sql_client() as client:
@@ -244,6 +245,8 @@ def _entries(run: _Run) -> Generator[_Entry, None, None]:
                 entry = _check(run, first[:width], attributes, first[width], first[width + 1])
                 if entry is not None:
                     yield entry
+                elif len(run.log) >= settings.LOG_PART_ROWS:
+                    yield None
                 checked += 1
                 if run.on_progress and checked % settings.BATCH_SIZE == 0:
                     run.on_progress(checked, run.stats.rows)
@@ -296,7 +299,8 @@ def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
     def batches() -> Iterator[tuple[list[dict[str, Any]], list[_Key]]]:
         nonlocal waiting, read_all
         for entry in entries:
-            waiting.append(entry)
+            if entry is not None:
+                waiting.append(entry)
             if len(waiting) == size:
                 batch, waiting = waiting, []
                 yield [item for item, _ in batch], [key for _, key in batch]

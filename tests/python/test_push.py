@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from loaders.asapp_metadata import push, settings
+from loaders.asapp_metadata import _Log, push, settings
 from loaders.asapp_metadata.helpers import PushError, RateLimiter, content_hash
 from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
 from tests.python.helpers import Warehouse, elt, query
@@ -134,6 +134,23 @@ def test_invalid_rows_pause_building_and_batches_stay_full(
         ("invalid", 2500),
     ]
     assert len(stats.errors) < 20  # a sample of the reasons, not one per row
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_mart_of_invalid_rows_is_logged_in_parts(
+    api: AsappApiEmulator, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch, dry_run: bool
+) -> None:
+    monkeypatch.setattr(settings, "LOG_PART_ROWS", 1000)
+    write_mart(warehouse, 5000, bad={i: {"u": f"bad id {i}"} for i in range(5000)})
+    held: list[int] = []  # instrumentation: how many log rows were held each time they were handed on
+    drain = _Log.drain
+    monkeypatch.setattr(_Log, "drain", lambda self: (held.append(len(self)), drain(self))[1])
+    stats = push(dry_run=dry_run)
+    assert stats.invalid == 5000 and api.state.received == []
+    # no row is to be sent, yet the log never holds more than a part: memory does not grow with the mart
+    assert sum(held) == 5000 and max(held) == 1000
+    if not dry_run:
+        assert query(warehouse, f"select status, count(*) from {LOG} group by 1") == [("invalid", 5000)]
 
 
 @pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
