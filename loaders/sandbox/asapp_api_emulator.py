@@ -76,7 +76,8 @@ def make_handler(state: ApiState) -> type[JsonHandler]:
                 ids = []
             with state.lock:
                 state.received.append((arrived, status, ids))
-            time.sleep(state.answer_delay)
+            if state.answer_delay:
+                time.sleep(state.answer_delay)
             self.send_json(status, body)
 
         def _answer(self, raw: bytes, document: Any) -> tuple[int, Any]:
