@@ -17,17 +17,20 @@ import logging
 import operator
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import dlt
+import duckdb
+import orjson
 import pyarrow as pa
 
 from loaders import runtime
-from loaders.asapp_metadata import settings
-from loaders.asapp_metadata.helpers import ItemOutcome, MetadataClient, PushError, build_item, validate_item
+from loaders.asapp_metadata import columnar, settings
+from loaders.asapp_metadata.helpers import Batch, ItemOutcome, MetadataClient, PushError, build_item, validate_item
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +71,7 @@ LOG_SCHEMA = pa.schema(
 
 
 _Key = tuple[str, str, str, str]  # a row's event_id, external_conversation_id, external_customer_id, content_hash
-_Entry = tuple[dict[str, Any], _Key]  # an item to send and its row's key
+_Entry = tuple[bytes, _Key]  # an item to send (its JSON) and its row's key
 
 
 class _Log:
@@ -151,23 +154,18 @@ def _mart_sql(log_table: str | None) -> str:
 
 
 @contextmanager
-def _streamed(client: Any, sql: str) -> Iterator[Iterator[tuple[Any, ...]]]:
-    """The query's rows, fetched READ_ROWS at a time. psycopg2's default cursor holds the whole result in the
-    client, so on Postgres a named (server-side) cursor in a transaction is used; DuckDB's and the other
-    drivers' cursors fetch as they go."""
-
-    def rows(cursor: Any) -> Iterator[tuple[Any, ...]]:
-        while chunk := cursor.fetchmany(settings.READ_ROWS):
-            yield from chunk
-
+def _streamed(client: Any, sql: str) -> Iterator[Iterator[pa.Table]]:
+    """The query's rows as Arrow tables of READ_ROWS rows. psycopg2's default cursor holds the whole result in the
+    client, so on Postgres a named (server-side) cursor in a transaction is used; DuckDB's and the other drivers'
+    cursors fetch as they go."""
     native = client.native_connection
     if type(native).__module__.startswith("psycopg2"):
         with client.begin_transaction(), native.cursor(name=f"asapp_push_{uuid.uuid4().hex}") as cursor:
             cursor.execute(sql)
-            yield rows(cursor)
+            yield columnar.chunks(cursor, settings.READ_ROWS)
     else:
         with client.execute_query(sql) as cursor:
-            yield rows(cursor)
+            yield columnar.chunks(cursor, settings.READ_ROWS)
 
 
 def _api_config() -> tuple[str, str, str]:
@@ -231,27 +229,69 @@ class _Run:
 
 
 def _entries(run: _Run) -> Generator[_Entry | None, None, None]:
-    """The rows to send, in key order: unchanged rows are counted, invalid ones logged in run.log. None when an
-    invalid row fills run.log to LOG_PART_ROWS, so the caller hands it on even when no row is to be sent. The mart
-    stays open (a cursor) while they are sent."""
-    width = len(settings.FIELDS)
+    """The rows to send: unchanged rows are counted, invalid ones logged in run.log. None when an invalid row fills
+    run.log to LOG_PART_ROWS, so the caller hands it on even when no row is to be sent. The mart stays open (a
+    cursor) while they are sent.
+
+    Each chunk of the mart is built in bulk (columnar.build); the rows it leaves (attributes, characters it cannot
+    be sure to encode as build_item does, refused items) are built one by one, a key's rows together: the rows of
+    a chunk's last key wait for the next chunk, which may hold more of them."""
+    stats = run.stats
     checked = 0
-    with run.pipeline.sql_client() as client:
+    report = settings.BATCH_SIZE  # progress is reported each time another BATCH_SIZE rows are checked
+    held: list[tuple[Any, ...]] = []
+
+    def count(rows: int) -> None:
+        nonlocal checked, report
+        checked += rows
+        if checked >= report:
+            report = checked - checked % settings.BATCH_SIZE + settings.BATCH_SIZE
+            if run.on_progress:
+                run.on_progress(checked, stats.rows)
+
+    def one_by_one(rows: list[tuple[Any, ...]]) -> Iterator[_Entry | None]:
+        width = len(settings.FIELDS)
+        for _, group in itertools.groupby(rows, key=operator.itemgetter(0, 1)):
+            first = next(group)
+            attributes = [(r[width + 2], r[width + 3]) for r in (first, *group) if r[width + 2] is not None]
+            entry = _check(run, first[:width], attributes, first[width], first[width + 1])
+            count(1)
+            if entry is not None:
+                yield entry
+            elif len(run.log) >= settings.LOG_PART_ROWS:
+                yield None
+
+    with run.pipeline.sql_client() as client, duckdb.connect() as builder:
         log_table = client.make_qualified_table_name(settings.LOG_TABLE) if run.has_log else None
-        with _streamed(client, _mart_sql(log_table)) as records:
-            for _, group in itertools.groupby(records, key=operator.itemgetter(0, 1)):
-                first = next(group)
-                attributes = [(r[width + 2], r[width + 3]) for r in (first, *group) if r[width + 2] is not None]
-                entry = _check(run, first[:width], attributes, first[width], first[width + 1])
-                if entry is not None:
+        with _streamed(client, _mart_sql(log_table)) as chunks, ThreadPoolExecutor(1, "asapp-build") as pool:
+
+            def read_and_build() -> tuple[pa.Table, columnar.Built] | None:
+                chunk = next(chunks, None)
+                return None if chunk is None else (chunk, columnar.build(builder, chunk, SETTLED))
+
+            # the next chunk is read and built (mostly in DuckDB, which lets go of the GIL) while this one's rows are
+            # sent; one after the other, the sending paused for every chunk's read and build
+            ahead = pool.submit(read_and_build)
+            while (done := ahead.result()) is not None:
+                chunk, built = done
+                ahead = pool.submit(read_and_build)
+                stats.unchanged += built.unchanged
+                stats.invalid += built.settled_invalid
+                stats.to_send += len(built.send)
+                count(built.unchanged + built.settled_invalid)
+                for entry in built.send:
+                    if run.dry_run and len(stats.dry_run_items) < settings.DRY_RUN_SAMPLE:
+                        stats.dry_run_items.append(orjson.loads(entry[0]))
                     yield entry
-                elif len(run.log) >= settings.LOG_PART_ROWS:
-                    yield None
-                checked += 1
-                if run.on_progress and checked % settings.BATCH_SIZE == 0:
-                    run.on_progress(checked, run.stats.rows)
-    if run.on_progress:
-        run.on_progress(checked, run.stats.rows)
+                    count(1)
+                rows, held = held + built.build, []
+                last = (chunk[0][-1].as_py(), chunk[1][-1].as_py()) if chunk.num_rows else None
+                while rows and rows[-1][:2] == last:  # the chunk's last key, which the next chunk may continue
+                    held.insert(0, rows.pop())
+                yield from one_by_one(rows)
+        yield from one_by_one(held)
+    if run.on_progress and checked % settings.BATCH_SIZE:
+        run.on_progress(checked, stats.rows)
 
 
 def _check(
@@ -280,7 +320,7 @@ def _check(
     stats.to_send += 1
     if run.dry_run and len(stats.dry_run_items) < settings.DRY_RUN_SAMPLE:
         stats.dry_run_items.append(item)
-    return item, key
+    return orjson.dumps(item), key
 
 
 def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
@@ -296,20 +336,20 @@ def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
     waiting: list[_Entry] = []
     read_all = False
 
-    def batches() -> Iterator[tuple[list[dict[str, Any]], list[_Key]]]:
+    def batches() -> Iterator[tuple[Batch, list[_Key]]]:
         nonlocal waiting, read_all
         for entry in entries:
             if entry is not None:
                 waiting.append(entry)
             if len(waiting) == size:
                 batch, waiting = waiting, []
-                yield [item for item, _ in batch], [key for _, key in batch]
+                yield _split(batch)
             if len(run.log) >= settings.LOG_PART_ROWS:
                 return
         read_all = True
         if waiting:
             batch, waiting = waiting, []
-            yield [item for item, _ in batch], [key for _, key in batch]
+            yield _split(batch)
 
     client: MetadataClient | None = None  # made on the first send: a push with nothing to send needs no API settings
     try:
@@ -332,6 +372,11 @@ def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
         entries.close()  # the mart's cursor (on Postgres, its transaction) ends now, not when collected
     if len(run.log):
         yield run.log.drain()
+
+
+def _split(entries: list[_Entry]) -> tuple[Batch, list[_Key]]:
+    keys = [key for _, key in entries]
+    return Batch([item for item, _ in entries], [key[0] for key in keys]), keys
 
 
 def _record(run: _Run, keys: list[_Key], outcomes: list[ItemOutcome]) -> None:

@@ -12,10 +12,12 @@ import threading
 import time
 from collections.abc import Iterator
 
+import orjson
 import pytest
+import requests
 
 from loaders.asapp_metadata import _Log, push, settings
-from loaders.asapp_metadata.helpers import PushError, RateLimiter, content_hash
+from loaders.asapp_metadata.helpers import PushError, RateLimiter, build_item, content_hash
 from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
 from tests.python.helpers import Warehouse, elt, query
 
@@ -232,15 +234,19 @@ def test_409_means_already_persisted(api: AsappApiEmulator, warehouse: Warehouse
 
 @pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
 def test_invalid_items_are_rejected_locally_with_reasons(api: AsappApiEmulator, warehouse: Warehouse) -> None:
-    write_mart(warehouse, 5, bad={1: {"u": "guest #1"}, 2: {"phone": "call me", "email": "nope"}})
+    # c3's email has an "@" (all Python's jsonschema asks of an email) but no valid domain: the API's schema check
+    # (jsonschema-rs, as the emulator's) refuses it, and with it the whole batch, had it been sent
+    bad = {1: {"u": "guest #1"}, 2: {"phone": "call me", "email": "nope"}, 3: {"email": "Z.@-.-_/_"}}
+    write_mart(warehouse, 5, bad=bad)
     stats = push()
-    assert stats.invalid == 2 and stats.sent == 3
+    assert stats.invalid == 3 and stats.sent == 2
     assert api.state.invalid_requests == []  # nothing the spec refuses ever reached the API
     reasons = dict(query(warehouse, f"select external_customer_id, error from {LOG} where status = 'invalid'"))
     assert reasons["guest #1"].startswith("externalCustomerId: does not match")
     assert "phoneNumber: does not match" in reasons["c2"] and "emailAddress: is not a valid email" in reasons["c2"]
+    assert reasons["c3"] == "emailAddress: is not a valid email"
     assert push().sent == 0  # still invalid: not sent, not logged again
-    assert query(warehouse, f"select count(*) from {LOG} where status = 'invalid'") == [(2,)]
+    assert query(warehouse, f"select count(*) from {LOG} where status = 'invalid'") == [(3,)]
 
 
 def test_dry_run_sends_nothing(api: AsappApiEmulator, warehouse: Warehouse) -> None:
@@ -402,3 +408,22 @@ def test_batch_with_every_item_refused_is_recorded_as_rejected(api: AsappApiEmul
     assert [s for _, s, _ in api.state.received] == [400]
     assert stats.failed == 3
     assert query(warehouse, f"select distinct status, http_status from {LOG}") == [("rejected", 400)]
+
+
+def test_the_emulator_refuses_what_breaks_the_spec_after_requests_that_did_not() -> None:
+    # the emulator skips openapi-core for requests shaped like one it passed; the body is still checked whole
+    item, _ = build_item(("conv-1", "c1", "known", None, None, None, None, None, None), [])
+    with AsappApiEmulator() as api:
+        env = api.env()
+        url = env["ASAPP_API__BASE_URL"] + settings.ENDPOINT
+        headers = {"asapp-api-id": env["ASAPP_API__API_ID"], "asapp-api-secret": env["ASAPP_API__API_SECRET"]}
+        session = requests.Session()
+        good = session.post(url, json={"items": [item]}, headers=headers)
+        bad_item = session.post(url, json={"items": [item, {**item, "phoneNumber": "call me"}]}, headers=headers)
+        bad_type = session.post(
+            url, data=orjson.dumps({"items": [item]}), headers={**headers, "Content-Type": "text/plain"}
+        )
+        again = session.post(url, json={"items": [item]}, headers=headers)
+    assert [r.status_code for r in (good, bad_item, bad_type, again)] == [200, 400, 400, 200]
+    assert "items/1/phoneNumber" in bad_item.json()["results"][0]["error"]
+    assert len(api.state.invalid_requests) == 2
