@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from typing import Any
 
 import duckdb
 import psycopg2
+import pyarrow as pa
 
 PROJECT = Path(__file__).resolve().parents[2]
 ELT = str(Path(sys.executable).parent / "elt")
@@ -51,7 +53,12 @@ class DuckDbWarehouse(Warehouse):
 
     def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         with duckdb.connect(str(self.path)) as con:
-            if rows:
+            insert = re.fullmatch(r"\s*(insert into \S+)\s+values\s*\((\s*\?\s*,?)+\)\s*", sql, re.I | re.S)
+            if rows and insert:  # as one Arrow table: executemany took ~3 ms a row
+                columns = {f"c{i}": pa.array(values) for i, values in enumerate(zip(*rows, strict=True))}
+                con.register("new_rows", pa.table(columns))
+                con.execute(f"{insert.group(1)} select * from new_rows")
+            elif rows:
                 con.executemany(sql, rows)
             else:
                 con.execute(sql)
