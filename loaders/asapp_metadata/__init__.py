@@ -15,12 +15,15 @@ from __future__ import annotations
 import itertools
 import logging
 import operator
+import queue
+import signal
+import threading
 import uuid
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dlt
@@ -70,6 +73,8 @@ LOG_SCHEMA = pa.schema(
 )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 _Key = tuple[str, str, str, str]  # a row's event_id, external_conversation_id, external_customer_id, content_hash
 _Entry = tuple[bytes, _Key]  # an item to send (its JSON) and its row's key
 
@@ -100,14 +105,21 @@ class _Log:
         columns["http_status"] += http_status
         columns["status"] += status
         columns["error"] += error
-        columns["pushed_at"] += [pushed_at] * len(keys)
+        # as microseconds since the epoch: pyarrow converts a list of aware datetimes at ~2 µs each (a third of the
+        # time to hand a log part to dlt), ints at a few ns
+        columns["pushed_at"] += [(pushed_at - _EPOCH) // _MICROSECOND] * len(keys)
 
     def __len__(self) -> int:
         return len(self.columns["event_id"])
 
     def drain(self) -> pa.Table:
         """The rows held, as an Arrow table; they are no longer held."""
-        table = pa.table(self.columns, schema=LOG_SCHEMA)
+        pushed_at = LOG_SCHEMA.field("pushed_at").type
+        arrays = [
+            pa.array(values, pa.int64()).cast(pushed_at) if name == "pushed_at" else pa.array(values, field.type)
+            for (name, values), field in zip(self.columns.items(), LOG_SCHEMA, strict=True)
+        ]
+        table = pa.Table.from_arrays(arrays, schema=LOG_SCHEMA)
         for values in self.columns.values():
             values.clear()
         return table
@@ -162,10 +174,11 @@ def _streamed(client: Any, sql: str) -> Iterator[Iterator[pa.Table]]:
     if type(native).__module__.startswith("psycopg2"):
         with client.begin_transaction(), native.cursor(name=f"asapp_push_{uuid.uuid4().hex}") as cursor:
             cursor.execute(sql)
-            yield columnar.chunks(cursor, settings.READ_ROWS)
+            with closing(columnar.chunks(cursor, settings.READ_ROWS)) as chunks:
+                yield chunks
     else:
-        with client.execute_query(sql) as cursor:
-            yield columnar.chunks(cursor, settings.READ_ROWS)
+        with client.execute_query(sql) as cursor, closing(columnar.chunks(cursor, settings.READ_ROWS)) as chunks:
+            yield chunks
 
 
 def _api_config() -> tuple[str, str, str]:
@@ -324,12 +337,69 @@ def _check(
 
 
 def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
+    """The log rows (invalid items, outcomes) as Arrow tables of LOG_PART_ROWS rows or more, for dlt, while the rows
+    are sent in a thread of their own (_send): dlt's writing of one part does not pause the sending.
+
+    The first Ctrl-C sends no further batch: the answers to those in flight are awaited and logged, the log is
+    written, and push() raises KeyboardInterrupt. A second one raises at once."""
+    stop = threading.Event()
+    parts: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)  # the parts dlt has not taken yet
+
+    def send() -> None:
+        try:
+            for part in _send(run, failure, stop):
+                parts.put(part)
+        finally:
+            parts.put(None)
+
+    sender = threading.Thread(target=send, name="asapp-send", daemon=True)  # a second Ctrl-C leaves it
+    with _ctrl_c_stops(stop):
+        sender.start()
+        try:
+            while (part := parts.get()) is not None:
+                yield part
+        except GeneratorExit:  # dlt stopped taking parts (its own error): send no more, let the thread end
+            stop.set()
+            while parts.get() is not None:
+                pass
+            raise
+    sender.join()
+    if stop.is_set() and not failure:  # Ctrl-C after the last batch was built: the push still ends interrupted
+        failure.append(KeyboardInterrupt())
+
+
+@contextmanager
+def _ctrl_c_stops(stop: threading.Event) -> Iterator[None]:
+    """While in the block, a first Ctrl-C sets `stop`, a second raises KeyboardInterrupt. Outside the main thread
+    (where Python cannot take signals), Ctrl-C is left as it is."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning(
+            "interrupted: no further batch is sent; waiting for the answers to those in flight, to log them "
+            "(Ctrl-C again to stop now)"
+        )
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _send(run: _Run, failure: list[BaseException], stop: threading.Event) -> Iterator[pa.Table]:
     """Send the rows in full batches (only the last may be short), and yield the log rows (invalid items,
     outcomes) as Arrow tables of LOG_PART_ROWS rows or more.
 
     A batch is built when a request slot is free (post_batches asks for it), so building overlaps the requests in
     flight. When invalid rows pile up in the log, building pauses (the batch begun waits) until the log is handed
-    to dlt. Whatever stops the push (a refused batch, an error reading the mart, Ctrl-C), what was logged is still
+    on. Whatever stops the push (a refused batch, an error reading the mart, `stop`), what was logged is still
     yielded, so it is written; the error is put in `failure`, for the caller to raise after the write."""
     size = settings.BATCH_SIZE
     entries = _entries(run)
@@ -339,6 +409,8 @@ def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
     def batches() -> Iterator[tuple[Batch, list[_Key]]]:
         nonlocal waiting, read_all
         for entry in entries:
+            if stop.is_set():  # Ctrl-C: raised by post_batches once the batches in flight are answered
+                raise KeyboardInterrupt
             if entry is not None:
                 waiting.append(entry)
             if len(waiting) == size:
@@ -354,11 +426,11 @@ def _outcomes(run: _Run, failure: list[BaseException]) -> Iterator[pa.Table]:
     client: MetadataClient | None = None  # made on the first send: a push with nothing to send needs no API settings
     try:
         while not read_all:
-            queue = batches()
-            first = next(queue, None)
+            built = batches()
+            first = next(built, None)
             if first is not None:
                 client = client or MetadataClient(*_api_config())
-                for keys, outcomes in client.post_batches(itertools.chain([first], queue)):
+                for keys, outcomes in client.post_batches(itertools.chain([first], built)):
                     _record(run, keys, outcomes)
                     if len(run.log) >= settings.LOG_PART_ROWS:
                         yield run.log.drain()

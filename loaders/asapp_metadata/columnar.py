@@ -12,7 +12,7 @@ to send, against ~13 µs built one by one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -184,13 +184,16 @@ def from_rows(batch: Sequence[tuple[Any, ...]]) -> pa.Table:
     return pa.table(arrays, names=names)
 
 
-def chunks(cursor: Any, size: int) -> Iterator[pa.Table]:
+def chunks(cursor: Any, size: int) -> Generator[pa.Table, None, None]:
     """The query's rows as Arrow tables of up to `size` rows: DuckDB's own Arrow reader, or the driver's tuples."""
     native = getattr(cursor, "native_cursor", cursor)
     if isinstance(native, duckdb.DuckDBPyConnection):
         reader = native.to_arrow_reader(size) if hasattr(native, "to_arrow_reader") else native.fetch_record_batch(size)
-        for batch in reader:
-            yield pa.Table.from_batches([batch])
+        try:
+            for batch in reader:
+                yield pa.Table.from_batches([batch])
+        finally:  # a reader left open keeps the database open: dlt's next connection to the file would wait forever
+            reader.close()
         return
     while batch := cursor.fetchmany(size):
         yield from_rows(batch)

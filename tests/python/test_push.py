@@ -336,6 +336,30 @@ def test_ctrl_c_while_batches_are_in_flight_waits_for_their_answers_and_logs_the
     assert push().sent == 0
 
 
+def test_ctrl_c_in_the_middle_of_a_push_stops_it_and_every_batch_sent_is_logged(
+    api: AsappApiEmulator, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a log part per batch: dlt writes one while others are sent, so Ctrl-C may come while dlt's code runs
+    monkeypatch.setattr(settings, "LOG_PART_ROWS", 1000)
+    write_mart(warehouse, 12000)
+    api.state.answer_delay = 0.2
+    main = threading.get_ident()
+
+    def ctrl_c() -> None:
+        deadline = time.monotonic() + 30
+        while len(api.state.received) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        push()
+    received = {i for _, _, ids in api.state.received for i in ids}
+    assert 5000 <= len(received) < 12000  # stopped: no batch built after Ctrl-C was sent
+    assert {e for (e,) in query(warehouse, f"select event_id from {LOG}")} == received  # each one logged
+    assert push().sent == 12000 - len(received)
+
+
 def test_content_hash_is_the_sorted_compact_json_encoding_whatever_the_characters() -> None:
     # the hashes in a push log were made with json.dumps (non-ASCII and DEL escaped as \uXXXX): the faster
     # encoding must give the same hash for every value, or a push would resend every row it had sent
