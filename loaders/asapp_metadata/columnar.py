@@ -6,8 +6,8 @@ ASCII strings and that have no attributes. JSON escapes nothing there but `"` an
 same bytes as build_item's. The spec's `pattern` and `maxLength` are checked in SQL (RE2 agrees with the
 validator's regex engine on printable ASCII), any other rule of a property (`format: email`) by jsonschema-rs on
 that property's values alone. Every other row (attributes, other characters, values that are not strings, a
-check refused) is left to build_item and validate_item, which also give the reasons. Measured here: ~2 µs a row
-to send, against ~13 µs built one by one.
+check refused) is left to build_item and validate_item, which also give the reasons. Measured here: ~6 µs a row in
+DuckDB, which lets go of the GIL, and ~1 µs in Python, against ~13 µs a row built one by one in Python.
 """
 
 from __future__ import annotations

@@ -73,6 +73,19 @@ def sent(api: AsappApiEmulator) -> list[int]:
     return [len(ids) for _, _, ids in api.state.received]
 
 
+def ctrl_c_once_received(api: AsappApiEmulator, requests: int) -> None:
+    """SIGINT to this (the main) thread, as Ctrl-C, once the API has received `requests` requests."""
+    main = threading.get_ident()
+
+    def ctrl_c() -> None:
+        deadline = time.monotonic() + 30
+        while len(api.state.received) < requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(main, signal.SIGINT)
+
+    threading.Thread(target=ctrl_c, daemon=True).start()
+
+
 @pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
 def test_batches_of_1000_and_everything_logged(api: AsappApiEmulator, warehouse: Warehouse) -> None:
     write_mart(warehouse, 2500)
@@ -319,15 +332,7 @@ def test_ctrl_c_while_batches_are_in_flight_waits_for_their_answers_and_logs_the
 ) -> None:
     write_mart(warehouse, 2000)
     api.state.answer_delay = 0.5  # a slow API: both batches are sent, neither answered yet
-    main = threading.get_ident()
-
-    def ctrl_c() -> None:
-        deadline = time.monotonic() + 30
-        while len(api.state.received) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        signal.pthread_kill(main, signal.SIGINT)
-
-    threading.Thread(target=ctrl_c, daemon=True).start()
+    ctrl_c_once_received(api, 2)
     with pytest.raises(KeyboardInterrupt):
         push()
     assert [status for _, status, _ in api.state.received] == [200, 200]
@@ -343,15 +348,7 @@ def test_ctrl_c_in_the_middle_of_a_push_stops_it_and_every_batch_sent_is_logged(
     monkeypatch.setattr(settings, "LOG_PART_ROWS", 1000)
     write_mart(warehouse, 12000)
     api.state.answer_delay = 0.2
-    main = threading.get_ident()
-
-    def ctrl_c() -> None:
-        deadline = time.monotonic() + 30
-        while len(api.state.received) < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        signal.pthread_kill(main, signal.SIGINT)
-
-    threading.Thread(target=ctrl_c, daemon=True).start()
+    ctrl_c_once_received(api, 5)
     with pytest.raises(KeyboardInterrupt):
         push()
     received = {i for _, _, ids in api.state.received for i in ids}
