@@ -251,16 +251,13 @@ def _entries(run: _Run) -> Generator[_Entry | None, None, None]:
     a chunk's last key wait for the next chunk, which may hold more of them."""
     stats = run.stats
     checked = 0
-    report = settings.BATCH_SIZE  # progress is reported each time another BATCH_SIZE rows are checked
     held: list[tuple[Any, ...]] = []
 
-    def count(rows: int) -> None:
-        nonlocal checked, report
-        checked += rows
-        if checked >= report:
-            report = checked - checked % settings.BATCH_SIZE + settings.BATCH_SIZE
-            if run.on_progress:
-                run.on_progress(checked, stats.rows)
+    def count(rows: int) -> None:  # progress is reported each time another BATCH_SIZE rows are checked
+        nonlocal checked
+        before, checked = checked, checked + rows
+        if run.on_progress and checked // settings.BATCH_SIZE > before // settings.BATCH_SIZE:
+            run.on_progress(checked, stats.rows)
 
     def one_by_one(rows: list[tuple[Any, ...]]) -> Iterator[_Entry | None]:
         width = len(settings.FIELDS)
@@ -314,8 +311,8 @@ def _check(
     last_hash: str | None,
     last_status: str | None,
 ) -> _Entry | None:
-    """The row's (item, key) when it is to be sent (values: the mart row, in settings.FIELDS order, the keys first);
-    None when it is unchanged or invalid (logged)."""
+    """The row's (item as JSON, key) when it is to be sent (values: the mart row, in settings.FIELDS order, the keys
+    first); None when it is unchanged or invalid (logged)."""
     stats = run.stats
     item, digest = build_item(values, attributes)
     if last_hash == digest and last_status in SETTLED:

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from loaders.asapp_metadata import settings
-from loaders.asapp_metadata.helpers import _item_schema, json_schema
+from loaders.asapp_metadata.helpers import EVENT_ID_HEX_DIGITS, EVENT_ID_PREFIX, _item_schema, event_id, json_schema
 
 # the mart query's columns after settings.FIELDS
 EXTRA = ("last_hash", "last_status", "attribute_name", "attribute_value")
@@ -59,13 +59,13 @@ def plan(settled: tuple[str, ...]) -> Plan | None:
     properties: dict[str, Any] = schema.get("properties", {})
     if set(schema) - {"description", "type", "properties", "required"} or schema.get("type") != "object":
         return None
-    event_id = properties.get("eventId")
-    if event_id is not None and not jsonschema_rs.validator_for(event_id).is_valid("elt-" + "0" * 40):
+    event_id_rules = properties.get("eventId")
+    if event_id_rules is not None and not jsonschema_rs.validator_for(event_id_rules).is_valid(event_id("0" * 64)):
         return None
     required = set(schema.get("required", []))
     if required - set(settings.FIELDS.values()):
         return None  # a required property no column fills: every item is refused, with reasons, one by one
-    conditions = [f"\"{column}\" <> ''" for column, api in settings.FIELDS.items() if api in required]
+    conditions = [f"{_ident(column)} <> ''" for column, api in settings.FIELDS.items() if api in required]
     checks: list[tuple[str, Any]] = []
     for column, api in settings.FIELDS.items():
         rules = properties.get(api)
@@ -74,11 +74,12 @@ def plan(settled: tuple[str, ...]) -> Plan | None:
         types = rules.get("type", "string")
         if "string" not in (types if isinstance(types, list) else [types]):
             return None
-        absent = f"coalesce(\"{column}\", '') = ''"  # left out of the item: no rule applies
+        name = _ident(column)
+        absent = f"coalesce({name}, '') = ''"  # left out of the item: no rule applies
         if "pattern" in rules:
-            conditions.append(f'({absent} or regexp_full_match("{column}", {_quote(rules["pattern"])}))')
+            conditions.append(f"({absent} or regexp_full_match({name}, {_quote(rules['pattern'])}))")
         if "maxLength" in rules:
-            conditions.append(f'({absent} or length("{column}") <= {int(rules["maxLength"])})')
+            conditions.append(f"({absent} or length({name}) <= {int(rules['maxLength'])})")
         if set(rules) - _SQL_RULES:
             checks.append((column, jsonschema_rs.validator_for(rules, validate_formats=True)))
     members = sorted((api, column) for column, api in settings.FIELDS.items())  # the hash's sorted keys
@@ -88,16 +89,18 @@ def plan(settled: tuple[str, ...]) -> Plan | None:
     strings = ", ".join(_quote(s) for s in settled)
     sql = f"""
         with built as (
-            select *, sha256('{{' || members || '}}') as digest
-            from (select *, {inner} as members, {plain} as is_plain, {" and ".join(conditions) or "true"} as is_valid
-                  from chunk)
+            select *, {_quote(EVENT_ID_PREFIX)} || left(digest, {EVENT_ID_HEX_DIGITS}) as event_id
+            from (select *, sha256('{{' || members || '}}') as digest
+                  from (select *, {inner} as members, {plain} as is_plain,
+                            {" and ".join(conditions) or "true"} as is_valid
+                        from chunk))
         )
-        select pos, digest, last_status,
+        select pos, digest, event_id, last_status,
             case when attribute_name is not null or not is_plain then 'build'
                  when digest = last_hash and last_status in ({strings}) then 'unchanged'
                  when is_valid then 'send'
                  else 'build' end as route,
-            '{{"eventId":"elt-' || left(digest, 40) || '"' || case when members = '' then '' else ',' || members end
+            '{{"eventId":"' || event_id || '"' || case when members = '' then '' else ',' || members end
                 || '}}' as wire,
             {columns}
         from built order by pos
@@ -146,16 +149,23 @@ def build(connection: duckdb.DuckDBPyConnection, chunk: pa.Table, settled: tuple
     unchanged = out.filter(pc.equal(route, "unchanged"))
     settled_invalid = int(pc.sum(pc.equal(unchanged["last_status"], "invalid")).as_py() or 0)
     send = out.filter(pc.equal(route, "send"))
+    sent_positions = send["pos"].to_pylist()
     refused: set[int] = set()
     for column, validator in recipe.checks:
-        for position, value in zip(send["pos"].to_pylist(), send[column].to_pylist(), strict=True):
+        for position, value in zip(sent_positions, send[column].to_pylist(), strict=True):
             if value and not validator.is_valid(value):
                 refused.add(position)
     conv, cust = (send[c].to_pylist() for c in list(settings.FIELDS)[:2])
     entries = [
-        (wire.encode(), (f"elt-{digest[:40]}", cv, cu, digest))
-        for position, wire, digest, cv, cu in zip(
-            send["pos"].to_pylist(), send["wire"].to_pylist(), send["digest"].to_pylist(), conv, cust, strict=True
+        (wire.encode(), (event, cv, cu, digest))
+        for position, wire, event, digest, cv, cu in zip(
+            sent_positions,
+            send["wire"].to_pylist(),
+            send["event_id"].to_pylist(),
+            send["digest"].to_pylist(),
+            conv,
+            cust,
+            strict=True,
         )
         if position not in refused
     ]
@@ -173,15 +183,13 @@ def rows(table: pa.Table) -> list[tuple[Any, ...]]:
 def from_rows(batch: Sequence[tuple[Any, ...]]) -> pa.Table:
     """Tuples of the mart query (a driver without Arrow) as a chunk; values that are not strings keep their type,
     and such a chunk is built one by one."""
-    names = [*settings.FIELDS, *EXTRA]
-    columns = list(zip(*batch, strict=True)) if batch else [() for _ in names]
     arrays = []
-    for values in columns:
+    for values in zip(*batch, strict=True):
         try:
             arrays.append(pa.array(values, pa.string()))
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             arrays.append(pa.array(values))
-    return pa.table(arrays, names=names)
+    return pa.table(arrays, names=[*settings.FIELDS, *EXTRA])
 
 
 def chunks(cursor: Any, size: int) -> Generator[pa.Table, None, None]:

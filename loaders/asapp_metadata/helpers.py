@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import logging
 import threading
 import time
 from collections import deque
@@ -22,8 +21,6 @@ from openapi_schema_validator import OAS30Validator
 
 from loaders.asapp_metadata import settings
 from loaders.yaml_load import safe_load
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -152,8 +149,16 @@ def build_item(values: Sequence[Any], attributes: Sequence[tuple[str, str]]) -> 
     if attributes:
         item["attributes"] = [{"name": str(n), "value": "" if v is None else str(v)} for n, v in attributes]
     digest = _digest(item)  # no eventId yet: the content_hash, computed once
-    item["eventId"] = f"elt-{digest[:40]}"
+    item["eventId"] = event_id(digest)
     return item, digest
+
+
+EVENT_ID_PREFIX, EVENT_ID_HEX_DIGITS = "elt-", 40
+
+
+def event_id(digest: str) -> str:
+    """The item's deterministic eventId, from its content hash."""
+    return EVENT_ID_PREFIX + digest[:EVENT_ID_HEX_DIGITS]
 
 
 class Batch(NamedTuple):
@@ -238,9 +243,9 @@ class MetadataClient:
     def post_batches(self, batches: Iterable[tuple[Batch, T]]) -> Iterator[tuple[T, list[ItemOutcome]]]:
         """(tag, outcomes) for every (batch, tag) of `batches`, in order, with up to `concurrency` requests in
         flight. `batches` is read only when a slot is free, so a lazy one is built while requests are in flight.
-        When a batch raises (refused credentials), reading `batches` does (the mart), or Ctrl-C comes, no further
+        When a batch raises (refused credentials) or reading `batches` does (the mart; the push's Ctrl-C), no further
         batch is sent; the batches already in flight are still answered and yielded (so they are logged) before
-        the error is raised. A second Ctrl-C stops without waiting."""
+        the error is raised."""
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="asapp-push") as pool:
             pending: deque[tuple[T, Future[list[ItemOutcome]]]] = deque()
             queue = iter(batches)
@@ -264,16 +269,6 @@ class MetadataClient:
                 except PushError as e:
                     pending.popleft()
                     error = error or e
-                    continue
-                except KeyboardInterrupt as e:
-                    if error is not None:  # a second Ctrl-C, or one while stopping anyway: stop now
-                        raise
-                    error = e
-                    log.warning(
-                        "interrupted: waiting for the answers to the %d batches in flight, to log them "
-                        "(Ctrl-C again to stop now)",
-                        len(pending),
-                    )
                     continue
                 pending.popleft()
                 yield tag, outcomes
