@@ -19,7 +19,7 @@ import queue
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -30,10 +30,11 @@ import dlt
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from loaders import runtime
 from loaders.asapp_metadata import columnar, settings
-from loaders.asapp_metadata.helpers import Batch, ItemOutcome, MetadataClient, PushError, build_item, validate_item
+from loaders.asapp_metadata.helpers import Batch, MetadataClient, Outcomes, PushError, build_item, validate_item
 
 log = logging.getLogger(__name__)
 
@@ -80,37 +81,40 @@ _Entry = tuple[bytes, _Key]  # an item to send (its JSON) and its row's key
 
 
 class _Log:
-    """Push log rows not yet handed to dlt, held by column: a list slot per value, not a dict per row."""
+    """Push log rows not yet handed to dlt: a batch's rows as an Arrow table, rows added one at a time (invalid items)
+    by column, a list slot per value, not a dict per row."""
 
     def __init__(self, run_id: str) -> None:
         self.run_id = run_id
         self.columns: dict[str, list[Any]] = {name: [] for name in LOG_SCHEMA.names}
+        self.parts: list[pa.Table] = []
+        self.rows = 0
 
-    def add(
-        self,
-        keys: Sequence[_Key],
-        batch_id: str | None,
-        http_status: Sequence[int | None],
-        status: Sequence[str],
-        error: Sequence[str | None],
-        pushed_at: datetime,
-    ) -> None:
-        """Rows for `keys`, with the outcome columns given per row (or one batch_id and time for all)."""
-        columns = self.columns
-        for name, position in (("event_id", 0), ("external_conversation_id", 1), ("external_customer_id", 2)):
-            columns[name] += [key[position] for key in keys]
-        columns["content_hash"] += [key[3] for key in keys]
-        columns["run_id"] += [self.run_id] * len(keys)
-        columns["batch_id"] += [batch_id] * len(keys)
-        columns["http_status"] += http_status
-        columns["status"] += status
-        columns["error"] += error
-        # as microseconds since the epoch: pyarrow converts a list of aware datetimes at ~2 µs each (a third of the
-        # time to hand a log part to dlt), ints at a few ns
-        columns["pushed_at"] += [(pushed_at - _EPOCH) // _MICROSECOND] * len(keys)
+    def add(self, key: _Key, status: str, error: str, pushed_at: datetime) -> None:
+        """A row with no batch (an invalid item)."""
+        # pushed_at as microseconds since the epoch: pyarrow converts aware datetimes at ~2 µs each, ints at a few ns
+        values = (*key, self.run_id, None, None, status, error, (pushed_at - _EPOCH) // _MICROSECOND)
+        for column, value in zip(self.columns.values(), values, strict=True):
+            column.append(value)
+        self.rows += 1
+
+    def add_batch(self, rows: pa.Table, batch_id: str, outcomes: Outcomes, pushed_at: datetime) -> None:
+        """A batch's rows (columnar.SEND_SCHEMA) with their outcomes."""
+        items = rows.num_rows
+        columns = {
+            **{name: rows[name] for name in LOG_SCHEMA.names[:4]},  # the key
+            "run_id": pa.repeat(pa.scalar(self.run_id), items),
+            "batch_id": pa.repeat(pa.scalar(batch_id), items),
+            "http_status": outcomes.http_status,
+            "status": outcomes.status,
+            "error": outcomes.error,
+            "pushed_at": pa.repeat(pa.scalar(pushed_at, LOG_SCHEMA.field("pushed_at").type), items),
+        }
+        self.parts.append(pa.Table.from_arrays([columns[name] for name in LOG_SCHEMA.names], schema=LOG_SCHEMA))
+        self.rows += items
 
     def __len__(self) -> int:
-        return len(self.columns["event_id"])
+        return self.rows
 
     def drain(self) -> pa.Table:
         """The rows held, as an Arrow table; they are no longer held."""
@@ -119,9 +123,11 @@ class _Log:
             pa.array(values, pa.int64()).cast(pushed_at) if name == "pushed_at" else pa.array(values, field.type)
             for (name, values), field in zip(self.columns.items(), LOG_SCHEMA, strict=True)
         ]
-        table = pa.Table.from_arrays(arrays, schema=LOG_SCHEMA)
+        table = pa.concat_tables([pa.Table.from_arrays(arrays, schema=LOG_SCHEMA), *self.parts])
         for values in self.columns.values():
             values.clear()
+        self.parts.clear()
+        self.rows = 0
         return table
 
 
@@ -216,15 +222,16 @@ def push(dry_run: bool = False, on_progress: Callable[[int, int], None] | None =
         return run.stats
     failure: list[BaseException] = []
     with runtime.frozen_heap():
-        parts = _outcomes(run, failure)
-        first = next(parts, None)
-        if first is not None:  # nothing to log (nothing new, changed or invalid): no dlt run
-            pipeline.run(
-                itertools.chain([first], parts),
-                table_name=settings.LOG_TABLE,
-                write_disposition="append",
-                loader_file_format="parquet",  # as dicts, the normalizer and INSERT ... VALUES took ~4.5 s/20,000
-            )
+        # dlt takes the log parts as they come; its own setup (configuration, the destination's state: ~0.3 s of
+        # Python) runs before the first batch is sent, since _outcomes begins sending when dlt first asks for a part.
+        # Begun when the first part came instead, it held the GIL in the middle of the sending (50,000 rows went out
+        # at ~60 requests/s instead of ~90). With nothing to log, dlt loads nothing.
+        pipeline.run(
+            _outcomes(run, failure),
+            table_name=settings.LOG_TABLE,
+            write_disposition="append",
+            loader_file_format="parquet",  # as dicts, the normalizer and INSERT ... VALUES took ~4.5 s/20,000
+        )
     if failure:
         raise failure[0]
     return run.stats
@@ -241,35 +248,43 @@ class _Run:
     dry_run: bool
 
 
-def _entries(run: _Run) -> Generator[_Entry | None, None, None]:
-    """The rows to send: unchanged rows are counted, invalid ones logged in run.log. None when an invalid row fills
-    run.log to LOG_PART_ROWS, so the caller hands it on even when no row is to be sent. The mart stays open (a
-    cursor) while they are sent.
+def _entries(run: _Run) -> Generator[pa.Table | None, None, None]:
+    """The rows to send, as Arrow tables (columnar.SEND_SCHEMA) of up to BATCH_SIZE rows: unchanged rows are counted,
+    invalid ones logged in run.log. None when an invalid row fills run.log to LOG_PART_ROWS, so the caller hands it
+    on even when no row is to be sent. The mart stays open (a cursor) while they are sent.
 
     Each chunk of the mart is built in bulk (columnar.build); the rows it leaves (attributes, characters it cannot
     be sure to encode as build_item does, refused items) are built one by one, a key's rows together: the rows of
     a chunk's last key wait for the next chunk, which may hold more of them."""
     stats = run.stats
+    size = settings.BATCH_SIZE
     checked = 0
     held: list[tuple[Any, ...]] = []
 
     def count(rows: int) -> None:  # progress is reported each time another BATCH_SIZE rows are checked
         nonlocal checked
         before, checked = checked, checked + rows
-        if run.on_progress and checked // settings.BATCH_SIZE > before // settings.BATCH_SIZE:
+        if run.on_progress and checked // size > before // size:
             run.on_progress(checked, stats.rows)
 
-    def one_by_one(rows: list[tuple[Any, ...]]) -> Iterator[_Entry | None]:
+    def one_by_one(rows: list[tuple[Any, ...]]) -> Iterator[pa.Table | None]:
         width = len(settings.FIELDS)
+        entries: list[_Entry] = []
         for _, group in itertools.groupby(rows, key=operator.itemgetter(0, 1)):
             first = next(group)
             attributes = [(r[width + 2], r[width + 3]) for r in (first, *group) if r[width + 2] is not None]
             entry = _check(run, first[:width], attributes, first[width], first[width + 1])
             count(1)
             if entry is not None:
-                yield entry
-            elif len(run.log) >= settings.LOG_PART_ROWS:
-                yield None
+                entries.append(entry)
+            if len(entries) == size or (entry is None and len(run.log) >= settings.LOG_PART_ROWS):
+                if entries:
+                    yield _table(entries)
+                    entries = []
+                if entry is None:
+                    yield None
+        if entries:
+            yield _table(entries)
 
     with run.pipeline.sql_client() as client, duckdb.connect() as builder:
         log_table = client.make_qualified_table_name(settings.LOG_TABLE) if run.has_log else None
@@ -287,21 +302,33 @@ def _entries(run: _Run) -> Generator[_Entry | None, None, None]:
                 ahead = pool.submit(read_and_build)
                 stats.unchanged += built.unchanged
                 stats.invalid += built.settled_invalid
-                stats.to_send += len(built.send)
+                stats.to_send += built.send.num_rows
                 count(built.unchanged + built.settled_invalid)
-                for entry in built.send:
-                    if run.dry_run and len(stats.dry_run_items) < settings.DRY_RUN_SAMPLE:
-                        stats.dry_run_items.append(orjson.loads(entry[0]))
-                    yield entry
-                    count(1)
+                if run.dry_run and len(stats.dry_run_items) < settings.DRY_RUN_SAMPLE:
+                    wires = built.send["wire"][: settings.DRY_RUN_SAMPLE - len(stats.dry_run_items)].to_pylist()
+                    stats.dry_run_items += [orjson.loads(wire[:-1]) for wire in wires]  # without its comma
+                for start in range(0, built.send.num_rows, size):
+                    piece = built.send.slice(start, size)
+                    yield piece
+                    count(piece.num_rows)
                 rows, held = held + built.build, []
                 last = (chunk[0][-1].as_py(), chunk[1][-1].as_py()) if chunk.num_rows else None
                 while rows and rows[-1][:2] == last:  # the chunk's last key, which the next chunk may continue
                     held.insert(0, rows.pop())
                 yield from one_by_one(rows)
         yield from one_by_one(held)
-    if run.on_progress and checked % settings.BATCH_SIZE:
+    if run.on_progress and checked % size:
         run.on_progress(checked, stats.rows)
+
+
+def _table(entries: list[_Entry]) -> pa.Table:
+    """Items built one by one as rows to send (columnar.SEND_SCHEMA)."""
+    wires, keys = zip(*entries, strict=True)
+    columns = [[wire + b"," for wire in wires], *zip(*keys, strict=True)]
+    return pa.Table.from_arrays(
+        [pa.array(values, field.type) for values, field in zip(columns, columnar.SEND_SCHEMA, strict=True)],
+        schema=columnar.SEND_SCHEMA,
+    )
 
 
 def _check(
@@ -325,7 +352,7 @@ def _check(
         stats.invalid += 1
         if len(stats.errors) < 10:  # a sample: the log has them all
             stats.errors += [f"{key[1]}/{key[2]}: {e}" for e in errors][:3]
-        run.log.add([key], None, [None], ["invalid"], ["; ".join(errors)], run.started)
+        run.log.add(key, "invalid", "; ".join(errors), run.started)
         return None
     stats.to_send += 1
     if run.dry_run and len(stats.dry_run_items) < settings.DRY_RUN_SAMPLE:
@@ -400,25 +427,29 @@ def _send(run: _Run, failure: list[BaseException], stop: threading.Event) -> Ite
     yielded, so it is written; the error is put in `failure`, for the caller to raise after the write."""
     size = settings.BATCH_SIZE
     entries = _entries(run)
-    waiting: list[_Entry] = []
+    waiting: list[pa.Table] = []  # rows not yet in a batch
     read_all = False
 
-    def batches() -> Iterator[tuple[Batch, list[_Key]]]:
-        nonlocal waiting, read_all
-        for entry in entries:
-            if stop.is_set():  # Ctrl-C: raised by post_batches once the batches in flight are answered
-                raise KeyboardInterrupt
-            if entry is not None:
-                waiting.append(entry)
-            if len(waiting) == size:
-                batch, waiting = waiting, []
-                yield _split(batch)
+    def cut(rows: int) -> Batch:
+        nonlocal waiting
+        if stop.is_set():  # Ctrl-C: raised by post_batches once the batches in flight are answered
+            raise KeyboardInterrupt
+        table = pa.concat_tables(waiting)
+        waiting = [table.slice(rows)] if rows < table.num_rows else []
+        return Batch(table.slice(0, rows))
+
+    def batches() -> Iterator[Batch]:
+        nonlocal read_all
+        for piece in entries:
+            if piece is not None:
+                waiting.append(piece)
+                while sum(table.num_rows for table in waiting) >= size:
+                    yield cut(size)
             if len(run.log) >= settings.LOG_PART_ROWS:
                 return
         read_all = True
         if waiting:
-            batch, waiting = waiting, []
-            yield _split(batch)
+            yield cut(sum(table.num_rows for table in waiting))
 
     client: MetadataClient | None = None  # made on the first send: a push with nothing to send needs no API settings
     try:
@@ -427,8 +458,8 @@ def _send(run: _Run, failure: list[BaseException], stop: threading.Event) -> Ite
             first = next(built, None)
             if first is not None:
                 client = client or MetadataClient(*_api_config())
-                for keys, outcomes in client.post_batches(itertools.chain([first], built)):
-                    _record(run, keys, outcomes)
+                for batch, outcomes in client.post_batches(itertools.chain([first], built)):
+                    _record(run, batch, outcomes)
                     if len(run.log) >= settings.LOG_PART_ROWS:
                         yield run.log.drain()
             if len(run.log) >= settings.LOG_PART_ROWS:
@@ -443,29 +474,18 @@ def _send(run: _Run, failure: list[BaseException], stop: threading.Event) -> Ite
         yield run.log.drain()
 
 
-def _split(entries: list[_Entry]) -> tuple[Batch, list[_Key]]:
-    keys = [key for _, key in entries]
-    return Batch([item for item, _ in entries], [key[0] for key in keys]), keys
-
-
-def _record(run: _Run, keys: list[_Key], outcomes: list[ItemOutcome]) -> None:
+def _record(run: _Run, batch: Batch, outcomes: Outcomes) -> None:
     """A batch's outcomes (batches are answered in order): in run.log and the counts."""
     stats = run.stats
     stats.batches += 1
-    statuses = [outcome.status for outcome in outcomes]
-    run.log.add(
-        keys,
-        f"{run.log.run_id}-{stats.batches}",
-        [outcome.http_status for outcome in outcomes],
-        statuses,
-        [outcome.error for outcome in outcomes],
-        datetime.now(UTC),
-    )
-    done = sum(status in DONE for status in statuses)
+    items = batch.rows.num_rows
+    run.log.add_batch(batch.rows, f"{run.log.run_id}-{stats.batches}", outcomes, datetime.now(UTC))
+    done = int(pc.sum(pc.is_in(outcomes.status, pa.array(DONE))).as_py() or 0)
     stats.accepted += done
-    stats.failed += len(outcomes) - done
-    if done < len(outcomes):
-        for key, outcome in zip(keys, outcomes, strict=True):
-            if outcome.status not in DONE and outcome.error and len(stats.errors) < 10:
-                stats.errors.append(f"{key[1]}/{key[2]}: {outcome.error}")
-    stats.sent += len(keys)
+    stats.failed += items - done
+    if done < items:
+        rows = batch.rows.select(["external_conversation_id", "external_customer_id"]).to_pylist()
+        for row, status, error in zip(rows, outcomes.status.to_pylist(), outcomes.error.to_pylist(), strict=True):
+            if status not in DONE and error and len(stats.errors) < 10:
+                stats.errors.append(f"{row['external_conversation_id']}/{row['external_customer_id']}: {error}")
+    stats.sent += items

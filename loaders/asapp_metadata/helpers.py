@@ -12,17 +12,16 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cache
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import jsonschema_rs
 import orjson
+import pyarrow as pa
 import requests
 from openapi_schema_validator import OAS30Validator
 
 from loaders.asapp_metadata import settings
 from loaders.yaml_load import safe_load
-
-T = TypeVar("T")
 
 
 class PushError(RuntimeError):
@@ -162,20 +161,46 @@ def event_id(digest: str) -> str:
 
 
 class Batch(NamedTuple):
-    """Items to send as one request: each item's JSON (an object with its eventId), and the eventIds in order."""
+    """Items to send as one request, with their log keys (columnar.SEND_SCHEMA: each item's JSON and a comma)."""
 
-    items: list[bytes]
-    event_ids: list[str]
+    rows: pa.Table
 
     def body(self) -> bytes:
-        return b'{"items":[' + b",".join(self.items) + b"]}"
+        """The request body: the items' JSON end to end, taken from the Arrow buffers, with no object per item."""
+        parts = [b'{"items":[']
+        for chunk in self.rows["wire"].chunks:
+            if len(chunk):  # a binary array: int32 offsets into its data; a slice's are those of its parent's
+                _, offsets, data = chunk.buffers()
+                positions = memoryview(offsets).cast("i")
+                parts.append(data[positions[chunk.offset] : positions[chunk.offset + len(chunk)]].to_pybytes())
+        parts[-1] = parts[-1][:-1]  # the last item's comma
+        parts.append(b"]}")
+        return b"".join(parts)
+
+    def event_ids(self) -> list[str]:
+        ids: list[str] = self.rows["event_id"].to_pylist()
+        return ids
 
 
-class ItemOutcome(NamedTuple):  # a tuple: a frozen dataclass took ~3 ms a batch of 1000 to build
-    event_id: str
-    status: str  # accepted | already_persisted | failed | rejected (400) | unknown
-    http_status: int
-    error: str
+class Outcomes(NamedTuple):
+    """A batch's outcomes, one per item in the batch's order, by column."""
+
+    status: pa.Array  # accepted | already_persisted | failed | rejected (400) | unknown
+    http_status: pa.Array
+    error: pa.Array
+
+    @classmethod
+    def same(cls, items: int, status: str, http_status: int, error: str) -> Outcomes:
+        return cls(
+            pa.repeat(pa.scalar(status), items),
+            pa.repeat(pa.scalar(http_status, pa.int64()), items),
+            pa.repeat(pa.scalar(error), items),
+        )
+
+    @classmethod
+    def each(cls, outcomes: Sequence[tuple[str, int, str]]) -> Outcomes:
+        status, http_status, error = zip(*outcomes, strict=True) if outcomes else ((), (), ())
+        return cls(pa.array(status, pa.string()), pa.array(http_status, pa.int64()), pa.array(error, pa.string()))
 
 
 class RateLimiter:
@@ -240,30 +265,29 @@ class MetadataClient:
             session.headers.update(self._headers)
         return session
 
-    def post_batches(self, batches: Iterable[tuple[Batch, T]]) -> Iterator[tuple[T, list[ItemOutcome]]]:
-        """(tag, outcomes) for every (batch, tag) of `batches`, in order, with up to `concurrency` requests in
-        flight. `batches` is read only when a slot is free, so a lazy one is built while requests are in flight.
-        When a batch raises (refused credentials) or reading `batches` does (the mart; the push's Ctrl-C), no further
-        batch is sent; the batches already in flight are still answered and yielded (so they are logged) before
-        the error is raised."""
+    def post_batches(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, Outcomes]]:
+        """(batch, outcomes) for every batch of `batches`, in order, with up to `concurrency` requests in flight.
+        `batches` is read only when a slot is free, so a lazy one is built while requests are in flight. When a
+        batch raises (refused credentials) or reading `batches` does (the mart; the push's Ctrl-C), no further batch
+        is sent; the batches already in flight are still answered and yielded (so they are logged) before the error
+        is raised."""
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="asapp-push") as pool:
-            pending: deque[tuple[T, Future[list[ItemOutcome]]]] = deque()
+            pending: deque[tuple[Batch, Future[Outcomes]]] = deque()
             queue = iter(batches)
             error: BaseException | None = None
             while True:
                 while error is None and len(pending) < self.concurrency:
                     try:
-                        item = next(queue, None)
+                        batch = next(queue, None)
                     except BaseException as e:  # raised once what is in flight is answered
                         error = e
                         break
-                    if item is None:
+                    if batch is None:
                         break
-                    batch, tag = item
-                    pending.append((tag, pool.submit(self.post_batch, batch)))
+                    pending.append((batch, pool.submit(self.post_batch, batch)))
                 if not pending:
                     break
-                tag, future = pending[0]
+                batch, future = pending[0]
                 try:
                     outcomes = future.result()
                 except PushError as e:
@@ -271,15 +295,14 @@ class MetadataClient:
                     error = error or e
                     continue
                 pending.popleft()
-                yield tag, outcomes
+                yield batch, outcomes
             if error is not None:
                 raise error
 
-    def post_batch(self, batch: Batch) -> list[ItemOutcome]:
+    def post_batch(self, batch: Batch) -> Outcomes:
         """Send one batch; retry 429 (1 s, 2 s, 4 s) and 5xx (250 ms, 500 ms, 1 s); never other 4xx."""
         attempt_429 = attempt_5xx = 0
         body = batch.body()
-        event_ids = batch.event_ids
         while True:
             self.limiter.wait()
             try:
@@ -289,7 +312,7 @@ class MetadataClient:
                     self.sleep(settings.RETRY_5XX_S[attempt_5xx])
                     attempt_5xx += 1
                     continue
-                return [ItemOutcome(i, "failed", 0, f"connection error: {type(e).__name__}") for i in event_ids]
+                return Outcomes.same(len(batch.rows), "failed", 0, f"connection error: {type(e).__name__}")
             status = response.status_code
             if status == 429 and attempt_429 < len(settings.RETRY_429_S):
                 self.sleep(settings.RETRY_429_S[attempt_429])
@@ -299,38 +322,40 @@ class MetadataClient:
                 self.sleep(settings.RETRY_5XX_S[attempt_5xx])
                 attempt_5xx += 1
                 continue
-            return self._outcomes(event_ids, response)
+            return self._outcomes(batch, response)
 
     @staticmethod
-    def _outcomes(event_ids: list[str], response: requests.Response) -> list[ItemOutcome]:
+    def _outcomes(batch: Batch, response: requests.Response) -> Outcomes:
         status = response.status_code
+        items = len(batch.rows)
         if status in (401, 403):
             raise PushError(
                 f"ASAPP refused the credentials (HTTP {status}): check ASAPP_API__API_ID and ASAPP_API__API_SECRET"
             )
         if status == 409:
-            return [ItemOutcome(i, "already_persisted", status, "") for i in event_ids]
+            return Outcomes.same(items, "already_persisted", status, "")
         if status in (200, 400):
             try:
                 body = orjson.loads(response.content)
-                results = {r.get("eventId"): r.get("error") or "" for r in body.get("results") or []}
+                reported = body.get("results") or []
+                results = {r.get("eventId"): r.get("error") or "" for r in reported}
             except (ValueError, AttributeError):
                 body, results = {}, {}
             accepted_if_unreported = status == 200 and not body.get("errorCount")
+            if accepted_if_unreported and not any(results.values()):  # every item taken: no look at each
+                return Outcomes.same(items, "accepted", status, "")
             refused = "failed" if status == 200 else "rejected"
             outcomes = []
-            for event_id in event_ids:
+            for event_id in batch.event_ids():
                 error = results.get(event_id)  # a reported item's error is a string, "" when it was taken
                 if error is None:  # not reported on: never assume it was taken unless no item failed
                     outcomes.append(
-                        ItemOutcome(event_id, "accepted", status, "")
+                        ("accepted", status, "")
                         if accepted_if_unreported
-                        else ItemOutcome(event_id, "unknown", status, "no result returned for the item")
+                        else ("unknown", status, "no result returned for the item")
                     )
                 else:
-                    outcomes.append(
-                        ItemOutcome(event_id, refused if error or status != 200 else "accepted", status, error)
-                    )
-            return outcomes
+                    outcomes.append((refused if error or status != 200 else "accepted", status, error))
+            return Outcomes.each(outcomes)
         text = response.text[:300]
-        return [ItemOutcome(i, "failed", status, f"HTTP {status}: {text}") for i in event_ids]
+        return Outcomes.same(items, "failed", status, f"HTTP {status}: {text}")

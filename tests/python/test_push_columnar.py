@@ -56,16 +56,16 @@ def test_items_built_in_bulk_are_the_items_built_one_by_one() -> None:
     rows = _rows(4000, seed=6)
     with duckdb.connect() as connection:
         built = columnar.build(connection, columnar.from_rows(rows), SETTLED)
-    sent = {key[1:3]: (item, key) for item, key in built.send}
+    sent = {(r["external_conversation_id"], r["external_customer_id"]): r for r in built.send.to_pylist()}
     left = {row[:2] for row in built.build}
     unchanged = settled_invalid = 0
     for row in rows:
         values = row[: len(settings.FIELDS)]
         item, digest = build_item(values, [])
-        if row[:2] in sent:  # built in bulk: exactly what build_item makes, and valid
-            wire, key = sent[row[:2]]
-            assert orjson.loads(wire) == item
-            assert key == (item["eventId"], row[0], row[1], digest)
+        if row[:2] in sent:  # built in bulk: exactly what build_item makes (its JSON and a comma), and valid
+            built_row = sent[row[:2]]
+            assert built_row["wire"].endswith(b",") and orjson.loads(built_row["wire"][:-1]) == item
+            assert (built_row["event_id"], built_row["content_hash"]) == (item["eventId"], digest)
             assert validate_item(item) == []
             assert not (row[9] == digest and row[10] in SETTLED)
         elif row[:2] not in left:  # counted as unchanged: its content met an outcome that settles it
@@ -74,12 +74,16 @@ def test_items_built_in_bulk_are_the_items_built_one_by_one() -> None:
             settled_invalid += row[10] == "invalid"
     assert (built.unchanged, built.settled_invalid) == (unchanged, settled_invalid)
     assert len(sent) + len(left) + unchanged + settled_invalid == len(rows)
-    # what is left to build one by one is what the bulk build cannot be sure of: odd characters, or refused
+    # what is left to build one by one is what the bulk build cannot be sure of: characters JSON escapes or
+    # other than printable ASCII, or refused
     for row in built.build:
         item, _ = build_item(row[: len(settings.FIELDS)], [])
-        plain = all(v is None or (v.isascii() and v.isprintable()) for v in row[: len(settings.FIELDS)])
+        plain = all(
+            v is None or (v.isascii() and v.isprintable() and '"' not in v and "\\" not in v)
+            for v in row[: len(settings.FIELDS)]
+        )
         assert not plain or validate_item(item), row
-    assert len(sent) > 500 and unchanged > 100 and settled_invalid > 50 and len(left) > 500  # each route taken
+    assert len(sent) > 500 and unchanged > 50 and settled_invalid > 25 and len(left) > 500  # each route taken
 
 
 def test_a_duckdb_mart_is_built_in_bulk() -> None:
@@ -104,5 +108,5 @@ def test_a_duckdb_mart_is_built_in_bulk() -> None:
             built = [columnar.build(builder, chunk, SETTLED) for chunk in chunks]
     assert [chunk.num_rows for chunk in chunks] == [1000, 1000, 500]
     assert pa.types.is_integer(chunks[0]["last_hash"].type)
-    assert sum(len(b.send) for b in built) == 2499
+    assert sum(b.send.num_rows for b in built) == 2499
     assert [row[:2] + row[-2:] for b in built for row in b.build] == [("conv-7", "c7", "tier", "gold")]
