@@ -286,7 +286,9 @@ def _entries(run: _Run) -> Generator[pa.Table | None, None, None]:
         if entries:
             yield _table(entries)
 
-    with run.pipeline.sql_client() as client, duckdb.connect() as builder:
+    # the builder on one core: on all of them, each chunk's build (~50 ms of CPU) starved the sending and held back
+    # every tenth batch by 40-70 ms
+    with run.pipeline.sql_client() as client, duckdb.connect(config={"threads": 1}) as builder:
         log_table = client.make_qualified_table_name(settings.LOG_TABLE) if run.has_log else None
         with _streamed(client, _mart_sql(log_table)) as chunks, ThreadPoolExecutor(1, "asapp-build") as pool:
 
