@@ -434,8 +434,6 @@ def _send(run: _Run, failure: list[BaseException], stop: threading.Event) -> Ite
 
     def cut(rows: int) -> Batch:
         nonlocal waiting
-        if stop.is_set():  # Ctrl-C: raised by post_batches once the batches in flight are answered
-            raise KeyboardInterrupt
         table = pa.concat_tables(waiting)
         waiting = [table.slice(rows)] if rows < table.num_rows else []
         return Batch(table.slice(0, rows))
@@ -443,6 +441,8 @@ def _send(run: _Run, failure: list[BaseException], stop: threading.Event) -> Ite
     def batches() -> Iterator[Batch]:
         nonlocal read_all
         for piece in entries:
+            if stop.is_set():  # Ctrl-C: raised by post_batches once the batches in flight are answered
+                raise KeyboardInterrupt
             if piece is not None:
                 waiting.append(piece)
                 while sum(table.num_rows for table in waiting) >= size:
