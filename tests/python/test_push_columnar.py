@@ -12,7 +12,7 @@ import orjson
 import pyarrow as pa
 
 from loaders.asapp_metadata import SETTLED, _mart_sql, columnar, settings
-from loaders.asapp_metadata.helpers import build_item, validate_item
+from loaders.asapp_metadata.helpers import Batch, build_item, validate_item
 
 CHARACTERS = ["a", "Z", "0", "-", "_", ".", "@", " ", '"', "\\", "/", "é", "\x7f", "\n", "\x01", "+", "'", "😀"]
 GOOD = ("known", "+1-555", "a@example.com", "u1", "SE", "CA", "11122")  # valid values of the fields after the keys
@@ -110,3 +110,17 @@ def test_a_duckdb_mart_is_built_in_bulk() -> None:
     assert pa.types.is_integer(chunks[0]["last_hash"].type)
     assert sum(b.send.num_rows for b in built) == 2499
     assert [row[:2] + row[-2:] for b in built for row in b.build] == [("conv-7", "c7", "tier", "gold")]
+
+
+def test_a_batch_body_is_its_items_end_to_end_whatever_the_slices() -> None:
+    # a batch is cut from pieces of several chunks (bulk-built and one by one), each a slice of a larger array: the
+    # body is read from the Arrow buffers, so each slice's offsets into its parent's data must be honoured
+    items = [{"eventId": f"elt-{i}", "status": "x" * (i % 7)} for i in range(30)]
+    wires = [orjson.dumps(item) + b"," for item in items]
+    keys = [[f"elt-{i}" for i in range(30)], *([f"k{i}" for i in range(30)] for _ in range(3))]
+    table = pa.Table.from_arrays([pa.array(wires, pa.binary()), *map(pa.array, keys)], schema=columnar.SEND_SCHEMA)
+    pieces = pa.concat_tables([table.slice(3, 10), table.slice(20, 5), table.slice(0, 1)])
+    batch = Batch(pieces.slice(2, 13))  # across the first two pieces' chunks
+    expected = items[5:13] + items[20:25]
+    assert orjson.loads(batch.body()) == {"items": expected}
+    assert batch.event_ids() == [item["eventId"] for item in expected]
