@@ -59,7 +59,7 @@ def _json_member(api: str, column: str) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    sql: str  # over the registered chunk: a route, digest and wire per row, in the chunk's order
+    sql: str  # over the registered chunk: per row its position (pos), route, content hash and wire, in no set order
     checks: tuple[tuple[str, Any], ...]  # (column, validator of the property's own schema) for rules SQL cannot do
 
 
