@@ -60,10 +60,7 @@ class PushStats:
 # The push log's columns, in order (the table dlt created from these rows as dicts, before they went as Arrow).
 LOG_SCHEMA = pa.schema(
     [
-        ("event_id", pa.string()),
-        ("external_conversation_id", pa.string()),
-        ("external_customer_id", pa.string()),
-        ("content_hash", pa.string()),
+        *columnar.KEY,
         ("run_id", pa.string()),
         ("batch_id", pa.string()),
         ("http_status", pa.int64()),
@@ -102,7 +99,7 @@ class _Log:
         """A batch's rows (columnar.SEND_SCHEMA) with their outcomes."""
         items = rows.num_rows
         columns = {
-            **{name: rows[name] for name in LOG_SCHEMA.names[:4]},  # the key
+            **{key.name: rows[key.name] for key in columnar.KEY},
             "run_id": pa.repeat(pa.scalar(self.run_id), items),
             "batch_id": pa.repeat(pa.scalar(batch_id), items),
             "http_status": outcomes.http_status,
@@ -277,12 +274,14 @@ def _entries(run: _Run) -> Generator[pa.Table | None, None, None]:
             count(1)
             if entry is not None:
                 entries.append(entry)
-            if len(entries) == size or (entry is None and len(run.log) >= settings.LOG_PART_ROWS):
+                if len(entries) == size:
+                    yield _table(entries)
+                    entries = []
+            elif len(run.log) >= settings.LOG_PART_ROWS:  # the rows built so far go first, then the log is handed on
                 if entries:
                     yield _table(entries)
                     entries = []
-                if entry is None:
-                    yield None
+                yield None
         if entries:
             yield _table(entries)
 

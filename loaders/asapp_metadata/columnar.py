@@ -30,16 +30,15 @@ from loaders.asapp_metadata.helpers import EVENT_ID_HEX_DIGITS, EVENT_ID_PREFIX,
 EXTRA = ("last_hash", "last_status", "attribute_name", "attribute_value")
 _SQL_RULES = {"description", "type", "pattern", "maxLength"}  # what the SQL checks; any other rule: jsonschema-rs
 PLAIN = r"[\x20\x21\x23-\x5b\x5d-\x7e]*"  # RE2: printable ASCII but `"` and `\`, the characters JSON escapes
-# the rows to send: each item's JSON followed by a comma (a batch's body is their bytes end to end), and the log's key
-SEND_SCHEMA = pa.schema(
-    [
-        ("wire", pa.binary()),
-        ("event_id", pa.string()),
-        ("external_conversation_id", pa.string()),
-        ("external_customer_id", pa.string()),
-        ("content_hash", pa.string()),
-    ]
-)
+# a row's key in the push log: the first columns of the log, and of the rows to send
+KEY = [
+    pa.field("event_id", pa.string()),
+    pa.field("external_conversation_id", pa.string()),
+    pa.field("external_customer_id", pa.string()),
+    pa.field("content_hash", pa.string()),
+]
+# the rows to send: each item's JSON followed by a comma (a batch's body is their bytes end to end), and their key
+SEND_SCHEMA = pa.schema([pa.field("wire", pa.binary()), *KEY])
 
 
 def _quote(text: str) -> str:

@@ -337,8 +337,7 @@ class MetadataClient:
         if status in (200, 400):
             try:
                 body = orjson.loads(response.content)
-                reported = body.get("results") or []
-                results = {r.get("eventId"): r.get("error") or "" for r in reported}
+                results = {r.get("eventId"): r.get("error") or "" for r in body.get("results") or []}
             except (ValueError, AttributeError):
                 body, results = {}, {}
             accepted_if_unreported = status == 200 and not body.get("errorCount")
