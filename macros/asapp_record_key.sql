@@ -5,8 +5,13 @@
 {% macro asapp_record_key(columns) -%}
     {%- set parts = [] -%}
     {%- for c in columns -%}
-        {%- do parts.append("coalesce(cast(" ~ c ~ " as " ~ dbt.type_string() ~ "), '<null>')") -%}
+        {%- do parts.append(asapp_key_part(c)) -%}
         {%- if not loop.last -%}{%- do parts.append("'|'") -%}{%- endif -%}
     {%- endfor -%}
     {{ dbt.hash(dbt.concat(parts)) }}
+{%- endmacro %}
+
+{#- asapp_key_part(column): how the key reads one column (null as '<null>'). -#}
+{% macro asapp_key_part(column) -%}
+    coalesce(cast({{ column }} as {{ dbt.type_string() }}), '<null>')
 {%- endmacro %}

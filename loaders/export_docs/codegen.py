@@ -182,7 +182,7 @@ def staging_sql(feed: Feed) -> str:
     if materialized == "incremental":
         config = (
             "{{\n    config(\n        materialized='incremental',\n"
-            "        unique_key='_asapp_record_key',\n        incremental_strategy='delete+insert',\n"
+            "        unique_key='_asapp_record_key',\n        incremental_strategy='asapp_latest',\n"
             "        on_schema_change='fail',\n    )\n}}\n"
         )
     else:
@@ -194,7 +194,7 @@ def staging_sql(feed: Feed) -> str:
     lineage_list = ",\n        ".join(f"'{n}'" for n in lineage_names)
     key_list = ", ".join(f"'{k}'" for k in feed.unique_key)
     if len(key_list) > 80:  # long keys one per line
-        key_list = "\n            " + ",\n            ".join(f"'{k}'" for k in feed.unique_key) + ",\n        "
+        key_list = "\n        " + ",\n        ".join(f"'{k}'" for k in feed.unique_key) + ",\n"
     ordering = _ordering_sql(feed)
     order_by = ([f"{ordering} desc nulls last"] if ordering else []) + INSERTION_ORDER
     order_list = ",\n            ".join(f"'{o}'" for o in order_by)
@@ -218,15 +218,16 @@ def staging_sql(feed: Feed) -> str:
         )
         staged_names = [*feed.column_names, "_asapp_record_key", *lineage_names]
         deciding = {"_asapp_record_key", *(ordering_columns(feed.ordering_key) if ordering else []), *INSERTION_COLUMNS}
-        staged_select = ",\n            ".join(c if c in deciding else f"null as {c}" for c in staged_names)
+        read = [f"'{c}'" for c in staged_names if c in deciding]
+        read_list = ", ".join(read) if len(", ".join(read)) <= 80 else ",\n            ".join(read)
         incremental_cte = (
             "candidates as (\n\n    select\n        *,\n        false as _asapp_staged\n    from keyed\n"
             "    {% if is_incremental() %}\n"
             "        -- the versions already staged of the keys that arrived, so a late older version cannot win;\n"
             "        -- only the columns that order them are read (a narrow scan of the staged table)\n"
-            f"        union all\n        select\n            {staged_select},\n            true as _asapp_staged\n"
-            "        from {{ this }} as this_model\n"
-            "        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)\n"
+            "        union all\n"
+            "        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [\n"
+            f"            {read_list},\n        ]) }}}}\n"
             "    {% endif %}\n\n),\n\n"
         )
         candidates = "candidates"
@@ -245,6 +246,7 @@ def staging_sql(feed: Feed) -> str:
         '_asapp_record_key',
         {lineage_list},
 ] -%}}
+{{%- set key_columns = [{key_list}] -%}}
 
 with
 
@@ -261,7 +263,7 @@ keyed as (
 
     select
         {documented},
-        {{{{ asapp_record_key([{key_list}]) }}}} as _asapp_record_key,
+        {{{{ asapp_record_key(key_columns) }}}} as _asapp_record_key,
         {lineage}
 
     from source

@@ -78,7 +78,9 @@ def test_generated_staging_model_shape() -> None:
     assert sql.startswith(f"-- {codegen.GENERATED_MARK}")
     assert "materialized='incremental'" in sql  # hourly feed
     assert "'coalesce(success_event_ts, negation_event_ts) desc nulls last'" in sql
-    assert "asapp_record_key(['company_id', 'issue_id', 'flow_name', 'flow_status_ts', 'success_event_details'])" in sql
+    assert "set key_columns = ['company_id', 'issue_id', 'flow_name', 'flow_status_ts', 'success_event_details']" in sql
+    assert "asapp_record_key(key_columns)" in sql and "asapp_staged_versions('keyed', key_columns," in sql
+    assert "incremental_strategy='asapp_latest'" in sql
     assert "'flow_status_ts': 'timestamp'," in sql  # the documented type, cast by the load or asapp_raw_source
     assert "materialized='view'" in codegen.staging_sql(DOCS["reps"])  # daily feed
 

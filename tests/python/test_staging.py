@@ -93,6 +93,44 @@ def test_newest_version_wins_and_incremental_equals_full_refresh(exports: Path, 
 
 
 @pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
+def test_incremental_replaces_staged_versions_whatever_their_key_holds(exports: Path, warehouse: Warehouse) -> None:
+    """A newer version replaces the staged one in an incremental run when the key's columns are set, when one is
+    null, and when a text column holds '<null>' (the hash reads it as null): the staged versions are matched on
+    the key's columns as well as its hash on DuckDB, and on the hash alone for a key with a null."""
+    feed, model = "issue_entity_genagent", "staging.stg_asapp__issue_entity_genagent"  # key: company_marker, issue_id
+
+    def row(marker: str | None, issue: int, version: str) -> dict[str, object]:
+        return {"company_marker": marker, "issue_id": issue, "company_name": version}
+
+    write_partition(
+        exports, feed, T0, [row("m", 1, "a1"), row(None, 2, "b1"), row("<null>", 3, "c1"), row("m", 4, "d1")]
+    )
+    load_asapp()
+    assert runtime.run_dbt(["build", "--select", f"stg_asapp__{feed}"])
+    write_partition(
+        exports,
+        feed,
+        T0.replace(hour=11),
+        [row("m", 1, "a2"), row(None, 2, "b2"), row(None, 3, "c2"), row("m", 5, "e1")],
+    )
+    load_asapp()
+    # dbt build also runs the model's unique test on (company_marker, issue_id)
+    assert runtime.run_dbt(["build", "--select", f"stg_asapp__{feed}"])
+    listed = f"select issue_id, company_marker, company_name, _asapp_record_key, _asapp_partition_at from {model}"
+    incremental = sorted(query(warehouse, listed))
+    expected = [(1, "m", "a2"), (2, None, "b2"), (3, None, "c2"), (4, "m", "d1"), (5, "m", "e1")]
+    assert [(r[0], r[1], r[2]) for r in incremental] == expected
+    # older versions (an earlier partition) arriving late lose to the staged ones, null in the key or not
+    write_partition(exports, feed, T0.replace(hour=9), [row("m", 1, "a0"), row(None, 2, "b0"), row("<null>", 3, "c0")])
+    load_asapp()
+    assert runtime.run_dbt(["build", "--select", f"stg_asapp__{feed}"])
+    incremental = sorted(query(warehouse, listed))
+    assert [(r[0], r[1], r[2]) for r in incremental] == expected
+    assert runtime.run_dbt(["build", "--select", f"stg_asapp__{feed}", "--full-refresh"])
+    assert sorted(query(warehouse, listed)) == incremental
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
 def test_feed_without_ordering_key_uses_insertion_order(exports: Path, warehouse: Warehouse) -> None:
     base = {"issue_id": 7, "customer_id": 1}
     write_partition(exports, "convos_metrics", T0, [{**base, "total_handle_time": 1.0}])

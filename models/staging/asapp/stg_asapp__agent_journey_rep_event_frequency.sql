@@ -21,6 +21,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['rep_id', 'event_type', 'company_marker', 'instance_ts'] -%}
 
 with
 
@@ -43,7 +44,7 @@ keyed as (
         event_count,
         disconnected_count,
         disconnected_seconds,
-        {{ asapp_record_key(['rep_id', 'event_type', 'company_marker', 'instance_ts']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,

@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -39,6 +39,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['company_marker', 'issue_id', 'form_start_ts'] -%}
 
 with
 
@@ -79,7 +80,7 @@ keyed as (
         asapp_mode,
         company_name,
         company_marker,
-        {{ asapp_record_key(['company_marker', 'issue_id', 'form_start_ts']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -103,37 +104,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as instance_ts,
-            null as company_id,
-            null as issue_id,
-            null as customer_id,
-            null as rep_id,
-            null as rep_assigned_ts,
-            null as form_start_ts,
-            null as form_dismissed_event_ts,
-            null as form_presented_event_ts,
-            null as form_submitted_event_ts,
-            null as flow_id,
-            null as flow_name,
-            null as form_start_from,
-            null as is_secure_form,
-            null as queue_id,
-            null as asapp_mode,
-            null as company_name,
-            null as company_marker,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

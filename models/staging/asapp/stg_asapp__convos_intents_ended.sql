@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -39,6 +39,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['issue_id'] -%}
 
 with
 
@@ -79,7 +80,7 @@ keyed as (
         first_rep_id,
         company_name,
         instance_ts,
-        {{ asapp_record_key(['issue_id']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -103,37 +104,14 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as conversation_id,
-            null as first_agent_id,
-            null as customer_id,
-            null as first_utterance_ts,
-            null as first_utterance_text,
-            null as first_intent_code,
-            null as first_intent_code_alt,
-            null as final_intent_code,
-            null as intent_path,
-            null as disambig_count,
-            null as ftd_visit,
-            null as faq_id,
-            null as final_action_destination,
-            null as is_first_intent_correct,
-            null as issue_id,
-            null as first_rep_id,
-            null as company_name,
-            instance_ts,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            'instance_ts',
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

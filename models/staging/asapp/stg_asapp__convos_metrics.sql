@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -57,6 +57,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['issue_id'] -%}
 
 with
 
@@ -115,7 +116,7 @@ keyed as (
         hold_ct,
         total_hold_time_seconds,
         company_name,
-        {{ asapp_record_key(['issue_id']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -139,55 +140,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as company_subdivision,
-            null as company_segments,
-            null as first_utterance_ts,
-            null as conversation_id,
-            null as customer_id,
-            null as platform,
-            null as device_type,
-            null as assisted,
-            null as total_handle_time,
-            null as total_lead_time,
-            null as total_wrap_up_time,
-            null as total_session_time,
-            null as customer_sent_msgs,
-            null as agent_sent_msgs,
-            null as auto_generated_msgs,
-            null as first_rep_response_count,
-            null as total_seconds_to_first_rep_response,
-            null as agent_response_count,
-            null as customer_response_count,
-            null as total_rep_seconds_to_respond,
-            null as total_cust_seconds_to_respond,
-            null as time_in_queue,
-            null as auto_suggest_msgs,
-            null as auto_complete_msgs,
-            null as auto_wait_for_agent_msgs,
-            null as customer_wait_for_agent_msgs,
-            null as attempted_chat,
-            null as out_business_ct,
-            null as issue_id,
-            null as rep_sent_msgs,
-            null as rep_response_count,
-            null as auto_wait_for_rep_msgs,
-            null as customer_wait_for_rep_msgs,
-            null as hold_ct,
-            null as total_hold_time_seconds,
-            null as company_name,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -53,6 +53,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['csid', 'company_name'] -%}
 
 with
 
@@ -107,7 +108,7 @@ keyed as (
         last_auth_external_token_id,
         reps_involved,
         company_name,
-        {{ asapp_record_key(['csid', 'company_name']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -131,51 +132,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as instance_ts,
-            null as company_id,
-            null as company_subdivision,
-            null as company_segments,
-            null as customer_id,
-            null as external_customer_id,
-            null as csid,
-            null as csid_start_ts,
-            null as csid_end_ts,
-            null as agents_involved,
-            null as included_issues,
-            null as is_contained,
-            null as event_count,
-            null as fgsrs_event_count,
-            null as was_enqueued,
-            null as rep_msgs,
-            null as messages_sent,
-            null as has_customer_utterance,
-            null as attempted_escalate,
-            null as last_platform,
-            null as last_device_type,
-            null as first_auth_source,
-            null as last_auth_source,
-            null as distinct_auth_source_path,
-            null as first_auth_external_user_type,
-            null as last_auth_external_user_type,
-            null as first_auth_external_user_id,
-            null as last_auth_external_user_id,
-            null as first_auth_external_token_id,
-            null as last_auth_external_token_id,
-            null as reps_involved,
-            null as company_name,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

@@ -32,6 +32,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['issue_id', 'company_marker', 'last_rep_id', 'question', 'instance_ts'] -%}
 
 with
 
@@ -65,7 +66,7 @@ keyed as (
         feedback_form_type,
         company_marker,
         last_event_ts,
-        {{ asapp_record_key(['issue_id', 'company_marker', 'last_rep_id', 'question', 'instance_ts']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,

@@ -32,6 +32,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['event_id', 'param_key'] -%}
 
 with
 
@@ -65,7 +66,7 @@ keyed as (
         param_value,
         company_name,
         current_page_url,
-        {{ asapp_record_key(['event_id', 'param_key']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,

@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -41,6 +41,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['company_id', 'issue_id', 'flow_name', 'flow_status_ts', 'success_event_details'] -%}
 
 with
 
@@ -83,7 +84,7 @@ keyed as (
         last_relevant_event_ts,
         flow_name,
         flow_status_ts,
-        {{ asapp_record_key(['company_id', 'issue_id', 'flow_name', 'flow_status_ts', 'success_event_details']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -107,39 +108,15 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as conversation_id,
-            null as company_id,
-            null as company_subdivision,
-            null as company_segments,
-            null as platform,
-            null as customer_id,
-            null as external_user_id,
-            null as customer_session_id,
-            null as success_rule_id,
-            null as success_event_details,
-            success_event_ts,
-            null as negation_rule_id,
-            negation_event_ts,
-            null as is_flow_success_event,
-            null as is_flow_success_issue,
-            null as issue_id,
-            null as company_name,
-            null as last_relevant_event_ts,
-            null as flow_name,
-            null as flow_status_ts,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            'success_event_ts',
+            'negation_event_ts',
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

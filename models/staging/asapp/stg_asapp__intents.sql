@@ -24,6 +24,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['code', 'company_marker'] -%}
 
 with
 
@@ -49,7 +50,7 @@ keyed as (
         company_name,
         deleted_ts,
         company_marker,
-        {{ asapp_record_key(['code', 'company_marker']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,

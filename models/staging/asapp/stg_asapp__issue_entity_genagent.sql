@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -37,6 +37,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['company_marker', 'issue_id'] -%}
 
 with
 
@@ -75,7 +76,7 @@ keyed as (
         generative_agent_monitoring__review_flags_ct,
         generative_agent_monitoring__evaluation_ct,
         company_marker,
-        {{ asapp_record_key(['company_marker', 'issue_id']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -99,35 +100,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as company_name,
-            null as issue_id,
-            null as instance_ts,
-            null as generative_agent_turns__turn_ct,
-            null as generative_agent_turns__turn_duration_ms_sum,
-            null as generative_agent_turns__utterance_ct,
-            null as generative_agent_turns__contains_escalation,
-            null as generative_agent_tasks__first_task_name,
-            null as generative_agent_tasks__last_task_name,
-            null as generative_agent_tasks__task_ct,
-            null as generative_agent_tasks__configuration_id,
-            null as generative_agent_tasks__used_hila,
-            null as generative_agent_monitoring__flagged_for_review,
-            null as generative_agent_monitoring__review_flags_ct,
-            null as generative_agent_monitoring__evaluation_ct,
-            null as company_marker,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

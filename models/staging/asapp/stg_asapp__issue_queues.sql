@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -41,6 +41,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['issue_id', 'queue_id', 'enter_queue_ts'] -%}
 
 with
 
@@ -83,7 +84,7 @@ keyed as (
         exit_queue_eventflags,
         issue_id,
         company_name,
-        {{ asapp_record_key(['issue_id', 'queue_id', 'enter_queue_ts']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -107,39 +108,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as instance_ts,
-            null as agent_id,
-            null as conversation_id,
-            null as company_subdivision,
-            null as company_segments,
-            null as enter_queue_ts,
-            null as exit_queue_ts,
-            null as queue_id,
-            null as queue_name,
-            null as abandoned,
-            null as enqueue_time,
-            null as exit_queue_eventtype,
-            null as rep_id,
-            null as enter_queue_eventtype,
-            null as enter_queue_eventflags,
-            null as enter_queue_flow_name,
-            null as enter_queue_message_name,
-            null as exit_queue_eventflags,
-            null as issue_id,
-            null as company_name,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

@@ -20,6 +20,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['issue_id'] -%}
 
 with
 
@@ -41,7 +42,7 @@ keyed as (
         status,
         issue_id,
         company_name,
-        {{ asapp_record_key(['issue_id']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,

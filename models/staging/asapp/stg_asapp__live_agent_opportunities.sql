@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -77,6 +77,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['issue_id', 'customer_id', 'opportunity_ts'] -%}
 
 with
 
@@ -155,7 +156,7 @@ keyed as (
         merged_ts,
         exclusive_phrase_auto_complete_msgs,
         autopilot_ending_msgs_ct,
-        {{ asapp_record_key(['issue_id', 'customer_id', 'opportunity_ts']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -179,75 +180,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as instance_ts,
-            null as company_id,
-            null as company_subdivision,
-            null as company_segments,
-            null as customer_id,
-            null as rep_id,
-            null as opportunity_ts,
-            null as issue_id,
-            null as platform,
-            null as device_type,
-            null as first_opportunity,
-            null as triggered_when_busy,
-            null as triggered_outside_hours,
-            null as queue_id,
-            null as queue_name,
-            null as intent_code,
-            null as event_type,
-            null as previous_event_type,
-            null as flow_name,
-            null as by_request,
-            null as by_end_srs,
-            null as by_api_error,
-            null as by_design,
-            null as by_other,
-            null as enqueued_ts,
-            null as exit_queue_ts,
-            null as abandoned_ts,
-            null as assigned_ts,
-            null as escalation_initiated_ts,
-            null as rep_first_response_ts,
-            null as dispositioned_ts,
-            null as customer_end_ts,
-            null as disposition_event_type,
-            null as cust_utterance_count,
-            null as rep_utterance_count,
-            null as cust_response_ct,
-            null as rep_response_ct,
-            null as is_ghost_customer,
-            null as handle_time_seconds,
-            null as lead_time_seconds,
-            null as wrap_up_time_seconds,
-            null as accepted_wait_ts,
-            null as is_transfer,
-            null as is_reengagement,
-            null as is_conversation_initiation,
-            null as company_name,
-            null as from_queue_id,
-            null as from_queue_name,
-            null as from_rep_id,
-            null as is_check_in_reengagement,
-            null as desk_mode_flag,
-            null as desk_mode_string,
-            null as merged_from_issue_id,
-            null as merged_ts,
-            null as exclusive_phrase_auto_complete_msgs,
-            null as autopilot_ending_msgs_ct,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

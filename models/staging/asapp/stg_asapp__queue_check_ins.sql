@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -34,6 +34,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['company_id', 'issue_id', 'customer_id', 'check_in_ts'] -%}
 
 with
 
@@ -69,7 +70,7 @@ keyed as (
         queue_id,
         queue_name,
         opportunity_ts,
-        {{ asapp_record_key(['company_id', 'issue_id', 'customer_id', 'check_in_ts']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -93,32 +94,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as issue_id,
-            null as customer_id,
-            null as company_id,
-            null as instance_ts,
-            null as check_in_ts,
-            null as wait_time_threshold_ts,
-            null as check_in_result,
-            null as check_in_result_ts,
-            null as company_name,
-            null as wait_time_threshold_ct_distinct,
-            null as queue_id,
-            null as queue_name,
-            null as opportunity_ts,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

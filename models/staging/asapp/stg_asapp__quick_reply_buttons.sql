@@ -26,6 +26,16 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = [
+        'company_id',
+        'company_subdivision',
+        'company_segments',
+        'final_intent_code',
+        'quick_reply_button_text',
+        'escalated_to_chat',
+        'escalation_requested',
+        'quick_reply_button_index',
+] -%}
 
 with
 
@@ -53,16 +63,7 @@ keyed as (
         quick_reply_displayed_count,
         quick_reply_selected_count,
         company_name,
-        {{ asapp_record_key([
-            'company_id',
-            'company_subdivision',
-            'company_segments',
-            'final_intent_code',
-            'quick_reply_button_text',
-            'escalated_to_chat',
-            'escalation_requested',
-            'quick_reply_button_index',
-        ]) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,

@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -45,6 +45,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['company_id', 'instance_ts', 'rep_id', 'status_id', 'in_status_starting_ts'] -%}
 
 with
 
@@ -91,7 +92,7 @@ keyed as (
         desk_mode,
         last_dispositioned_ts,
         company_id,
-        {{ asapp_record_key(['company_id', 'instance_ts', 'rep_id', 'status_id', 'in_status_starting_ts']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -115,43 +116,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as instance_ts,
-            null as update_ts,
-            null as export_ts,
-            null as agent_id,
-            null as company_subdivision,
-            null as company_segments,
-            null as agent_name,
-            null as status_id,
-            null as status_description,
-            null as orig_status_description,
-            null as in_status_starting_ts,
-            null as linear_ute_time,
-            null as cumul_ute_time,
-            null as unutilized_time,
-            null as window_status_time,
-            null as total_status_time,
-            null as max_slots,
-            null as status_end_ts,
-            null as rep_id,
-            null as rep_name,
-            null as company_name,
-            null as desk_mode,
-            null as last_dispositioned_ts,
-            null as company_id,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -47,6 +47,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['company_id', 'issue_id', 'rep_id', 'rep_assigned_ts'] -%}
 
 with
 
@@ -95,7 +96,7 @@ keyed as (
         assignment_end_selected_tags_ct_distinct,
         company_name,
         auto_summary_txt,
-        {{ asapp_record_key(['company_id', 'issue_id', 'rep_id', 'rep_assigned_ts']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -119,45 +120,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as company_id,
-            null as issue_id,
-            null as rep_id,
-            null as rep_assigned_ts,
-            null as disposition_event,
-            null as disposition_notes_txt,
-            null as disposition_notes_valid,
-            null as crm_offered_ts,
-            null as crm_outcome_ts,
-            null as crm_is_success,
-            null as crm_error_type,
-            null as crm_error_source,
-            null as presented_tags,
-            null as selected_tags,
-            null as notes_presented_tags,
-            null as notes_selected_tags,
-            null as assignment_end_presented_tags,
-            null as assignment_end_selected_tags,
-            null as presented_tags_ct_distinct,
-            null as selected_tags_ct_distinct,
-            null as notes_presented_tags_ct_distinct,
-            null as notes_selected_tags_ct_distinct,
-            null as assignment_end_presented_tags_ct_distinct,
-            null as assignment_end_selected_tags_ct_distinct,
-            null as company_name,
-            null as auto_summary_txt,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

@@ -24,6 +24,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['rep_attribute_id', 'rep_id', 'created_ts'] -%}
 
 with
 
@@ -49,7 +50,7 @@ keyed as (
         rep_attribute_id,
         external_rep_id,
         company_name,
-        {{ asapp_record_key(['rep_attribute_id', 'rep_id', 'created_ts']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,

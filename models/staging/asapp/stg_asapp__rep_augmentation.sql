@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -49,6 +49,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['issue_id'] -%}
 
 with
 
@@ -99,7 +100,7 @@ keyed as (
         phrase_auto_complete_msgs,
         cume_phrase_auto_complete,
         exclusive_phrase_auto_complete_msgs,
-        {{ asapp_record_key(['issue_id']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -123,47 +124,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as instance_ts,
-            null as conversation_id,
-            null as company_id,
-            null as company_subdivision,
-            null as company_segments,
-            null as customer_id,
-            null as agent_id,
-            null as external_customer_id,
-            null as conversation_end_ts,
-            null as auto_suggest_msgs,
-            null as auto_complete_msgs,
-            null as did_customer_timeout,
-            null as is_rep_resolved,
-            null as is_billable,
-            null as custom_auto_suggest_msgs,
-            null as custom_auto_complete_msgs,
-            null as drawer_msgs,
-            null as kb_search_msgs,
-            null as kb_recommendation_msgs,
-            null as issue_id,
-            null as rep_id,
-            null as company_name,
-            null as is_autopilot_timeout_msgs,
-            null as phrase_auto_complete_presented_msgs,
-            null as cume_phrase_auto_complete_presented,
-            null as phrase_auto_complete_msgs,
-            null as cume_phrase_auto_complete,
-            null as exclusive_phrase_auto_complete_msgs,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

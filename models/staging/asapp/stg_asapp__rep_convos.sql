@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -74,6 +74,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['issue_id', 'rep_id', 'issue_assigned_ts'] -%}
 
 with
 
@@ -149,7 +150,7 @@ keyed as (
         autopilot_greeting_msgs,
         augmented_msgs,
         autopilot_ending_msgs_ct,
-        {{ asapp_record_key(['issue_id', 'rep_id', 'issue_assigned_ts']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -173,72 +174,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as instance_ts,
-            null as conversation_id,
-            null as agent_id,
-            null as company_subdivision,
-            null as company_segments,
-            null as issue_assigned_ts,
-            null as agent_first_response_ts,
-            null as dispositioned_ts,
-            null as customer_end_ts,
-            null as disposition_event_type,
-            null as cust_utterance_count,
-            null as rep_utterance_count,
-            null as handle_time_seconds,
-            null as lead_time_seconds,
-            null as wrap_up_time_seconds,
-            null as rep_response_ct,
-            null as cust_response_ct,
-            null as auto_suggest_msgs,
-            null as auto_complete_msgs,
-            null as custom_auto_suggest_msgs,
-            null as custom_auto_complete_msgs,
-            null as drawer_msgs,
-            null as kb_search_msgs,
-            null as kb_recommendation_msgs,
-            null as is_ghost_customer,
-            null as first_response_seconds,
-            null as cume_rep_response_seconds,
-            null as max_rep_response_seconds,
-            null as avg_rep_response_seconds,
-            null as cume_cust_response_seconds,
-            null as issue_id,
-            null as rep_id,
-            null as rep_first_response_ts,
-            null as hold_ct,
-            null as cume_hold_time_seconds,
-            null as company_name,
-            null as client_mode,
-            null as cume_cross_talk_seconds,
-            null as desk_mode_flag,
-            null as desk_mode_string,
-            null as queue_id,
-            null as autopilot_timeout_msgs,
-            null as exclusive_phrase_auto_complete_msgs,
-            null as custom_click_to_insert_msgs,
-            null as ms_auto_suggest_msgs,
-            null as ms_auto_complete_msgs,
-            null as ms_auto_suggest_custom_msgs,
-            null as ms_auto_complete_custom_msgs,
-            null as autopilot_form_msgs,
-            null as click_to_insert_global_msgs,
-            null as autopilot_greeting_msgs,
-            null as augmented_msgs,
-            null as autopilot_ending_msgs_ct,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -65,6 +65,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['instance_ts', 'rep_id', 'desk_mode', 'max_slots', 'company_marker'] -%}
 
 with
 
@@ -131,7 +132,7 @@ keyed as (
         cum_ute_weighted_avail_unflexed_seconds,
         cum_weighted_inactive_seconds,
         company_marker,
-        {{ asapp_record_key(['instance_ts', 'rep_id', 'desk_mode', 'max_slots', 'company_marker']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -155,63 +156,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as instance_ts,
-            null as update_ts,
-            null as export_ts,
-            null as company_id,
-            null as company_subdivision,
-            null as company_segments,
-            null as rep_id,
-            null as rep_name,
-            null as max_slots,
-            null as cum_logged_in_min,
-            null as lin_logged_in_min,
-            null as cum_avail_min,
-            null as lin_avail_min,
-            null as cum_busy_min,
-            null as lin_busy_min,
-            null as cum_prebreak_min,
-            null as lin_prebreak_min,
-            null as cum_ute_total_min,
-            null as lin_ute_total_min,
-            null as cum_ute_avail_min,
-            null as lin_ute_avail_min,
-            null as cum_ute_busy_min,
-            null as lin_ute_busy_min,
-            null as cum_ute_prebreak_min,
-            null as lin_ute_prebreak_min,
-            null as labor_min,
-            null as busy_clicks_ct,
-            null as ute_ratio,
-            null as act_ratio,
-            null as company_name,
-            null as desk_mode,
-            null as lin_utilization_level_over_min,
-            null as lin_utilization_level_full_min,
-            null as lin_utilization_level_light_min,
-            null as workload_level_no_min,
-            null as workload_level_over_min,
-            null as workload_level_full_min,
-            null as workload_level_light_min,
-            null as flex_protect_min,
-            null as cum_weighted_min,
-            null as cum_weighted_seconds,
-            null as cum_ute_weighted_avail_unflexed_seconds,
-            null as cum_weighted_inactive_seconds,
-            null as company_marker,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

@@ -25,6 +25,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['rep_id'] -%}
 
 with
 
@@ -51,7 +52,7 @@ keyed as (
         crm_rep_id,
         rep_status,
         company_name,
-        {{ asapp_record_key(['rep_id']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,

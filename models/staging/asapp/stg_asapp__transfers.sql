@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -48,6 +48,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['company_id', 'issue_id', 'rep_id', 'timestamp_req'] -%}
 
 with
 
@@ -97,7 +98,7 @@ keyed as (
         requested_group_transfer_name,
         route_code_to,
         route_code_from,
-        {{ asapp_record_key(['company_id', 'issue_id', 'rep_id', 'timestamp_req']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -121,46 +122,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as instance_ts,
-            null as timestamp_req,
-            null as timestamp_reply,
-            null as conversation_id,
-            null as agent_id,
-            null as company_id,
-            null as company_subdivision,
-            null as company_segments,
-            null as requested_agent_transfer,
-            null as group_transfer_to,
-            null as group_transfer_to_name,
-            null as group_transfer_from,
-            null as group_transfer_from_name,
-            null as actual_agent_transfer,
-            null as accepted,
-            null as is_auto_transfer,
-            null as exit_transfer_event_type,
-            null as transfer_button_clicks,
-            null as issue_id,
-            null as rep_id,
-            null as requested_rep_transfer,
-            null as actual_rep_transfer,
-            null as company_name,
-            null as requested_group_transfer_id,
-            null as requested_group_transfer_name,
-            null as route_code_to,
-            null as route_code_from,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

@@ -3,7 +3,7 @@
     config(
         materialized='incremental',
         unique_key='_asapp_record_key',
-        incremental_strategy='delete+insert',
+        incremental_strategy='asapp_latest',
         on_schema_change='fail',
     )
 }}
@@ -38,6 +38,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['created_ts', 'issue_id', 'sender_id'] -%}
 
 with
 
@@ -77,7 +78,7 @@ keyed as (
         utterance_end_ts,
         company_name,
         event_uuid,
-        {{ asapp_record_key(['created_ts', 'issue_id', 'sender_id']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,
@@ -101,36 +102,13 @@ candidates as (
         -- the versions already staged of the keys that arrived, so a late older version cannot win;
         -- only the columns that order them are read (a narrow scan of the staged table)
         union all
-        select
-            null as instance_ts,
-            null as created_ts,
-            null as conversation_id,
-            null as company_subdivision,
-            null as company_segments,
-            null as sequence_id,
-            null as sender_id,
-            null as sender_type,
-            null as utterance_type,
-            null as sent_to_agent,
-            null as utterance,
-            null as issue_id,
-            null as sent_to_rep,
-            null as utterance_start_ts,
-            null as utterance_end_ts,
-            null as company_name,
-            null as event_uuid,
-            _asapp_record_key,
-            null as _asapp_feed,
-            null as _asapp_version,
-            _asapp_partition_at,
-            _asapp_file,
-            _asapp_split,
-            _asapp_line,
-            null as _asapp_loaded_at,
-            null as _dlt_load_id,
-            true as _asapp_staged
-        from {{ this }} as this_model
-        where this_model._asapp_record_key in (select keyed._asapp_record_key from keyed)
+        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [
+            '_asapp_record_key',
+            '_asapp_partition_at',
+            '_asapp_file',
+            '_asapp_split',
+            '_asapp_line',
+        ]) }}
     {% endif %}
 
 ),

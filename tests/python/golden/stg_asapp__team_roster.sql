@@ -17,6 +17,7 @@
         '_asapp_loaded_at',
         '_dlt_load_id',
 ] -%}
+{%- set key_columns = ['company_id', 'rep_id'] -%}
 
 with
 
@@ -35,7 +36,7 @@ keyed as (
         company_id,
         rep_id,
         score,
-        {{ asapp_record_key(['company_id', 'rep_id']) }} as _asapp_record_key,
+        {{ asapp_record_key(key_columns) }} as _asapp_record_key,
         _asapp_feed,
         _asapp_version,
         _asapp_partition_at,

@@ -1,0 +1,95 @@
+{#
+    How an incremental staging model meets what it has staged already: asapp_staged_versions (the versions staged
+    of the keys that arrived, for the dedup to rank against) and the `asapp_latest` incremental strategy (delete the
+    staged versions the new ones replace, insert the new ones). Both match a key on its hash and, on DuckDB, on
+    its columns too: DuckDB then reads only the row groups whose ranges of those columns can hold an arriving key
+    (its join filters meet the zone maps), where the hash alone made it read every staged key twice per run. New
+    records (a later time, a higher id) usually lie past what is staged: for them it costs next to nothing, however
+    much history is staged. An arriving key with a null column (or a text column holding
+    '<null>', which the hash takes for a null) is matched on its hash alone, as before: typed equality would miss
+    it. Other engines keep the plain form (they have no zone maps to gain from).
+#}
+
+{#- asapp_key_has_null(relation, key_columns): whether a row of relation has a key column that the hash reads as
+    null (asapp_record_key's own test of each column). -#}
+{% macro asapp_key_has_null(relation, key_columns) -%}
+    ({% for c in key_columns -%}
+        {{ asapp_key_part(relation ~ '.' ~ c) }} = '<null>'{{ ' or ' if not loop.last }}
+    {%- endfor %})
+{%- endmacro %}
+
+{#- asapp_staged_versions(arrived, key_columns, columns, read): `select` of the staged versions ({{ this }}) of
+    the keys in arrived, with columns (the staged columns, in order) of which only those in read are read (the
+    others are null), and `true as _asapp_staged`. -#}
+{% macro asapp_staged_versions(arrived, key_columns, columns, read) -%}
+    {{ return(adapter.dispatch('asapp_staged_versions', 'asapp_elt')(arrived, key_columns, columns, read)) }}
+{%- endmacro %}
+
+{% macro asapp_staged_select(columns, read) -%}
+    select
+        {% for c in columns -%}
+            {{ c if c in read else 'null as ' ~ c }},
+        {% endfor -%}
+        true as _asapp_staged
+    from {{ this }} as this_model
+{%- endmacro %}
+
+{% macro default__asapp_staged_versions(arrived, key_columns, columns, read) -%}
+    {{ asapp_staged_select(columns, read) }}
+    where this_model._asapp_record_key in (select {{ arrived }}._asapp_record_key from {{ arrived }})
+{%- endmacro %}
+
+{% macro duckdb__asapp_staged_versions(arrived, key_columns, columns, read) -%}
+    {%- set matched = ['_asapp_record_key'] + key_columns -%}
+    {{ asapp_staged_select(columns, read) }}
+    where ({% for c in matched %}this_model.{{ c }}{{ ', ' if not loop.last }}{% endfor %}) in (
+        select {% for c in matched %}{{ arrived }}.{{ c }}{{ ', ' if not loop.last }}{% endfor %}
+        from {{ arrived }}
+    )
+    union all
+    {{ asapp_staged_select(columns, read) }}
+    where this_model._asapp_record_key in (
+        select {{ arrived }}._asapp_record_key
+        from {{ arrived }}
+        where {{ asapp_key_has_null(arrived, key_columns) }}
+    )
+{%- endmacro %}
+
+{#- The incremental strategy `asapp_latest`: dbt's delete+insert on _asapp_record_key. On DuckDB its delete
+    matches as asapp_staged_versions does, with the key columns of the model's meta.unique_condition: by hash and
+    columns, then by hash alone for the arriving keys with a null column. With incremental_predicates set, dbt's
+    own delete+insert runs (it applies them). -#}
+{% macro get_incremental_asapp_latest_sql(arg_dict) -%}
+    {{ return(adapter.dispatch('asapp_latest_replace_sql', 'asapp_elt')(arg_dict)) }}
+{%- endmacro %}
+
+{% macro default__asapp_latest_replace_sql(arg_dict) -%}
+    {{ return(get_incremental_delete_insert_sql(arg_dict)) }}
+{%- endmacro %}
+
+{% macro duckdb__asapp_latest_replace_sql(arg_dict) -%}
+    {%- if arg_dict['incremental_predicates'] -%}
+        {{ return(get_incremental_delete_insert_sql(arg_dict)) }}  {#- dbt's, which applies them -#}
+    {%- endif -%}
+    {%- set target = arg_dict['target_relation'] -%}
+    {%- set source = arg_dict['temp_relation'] -%}
+    {%- set key_columns = config.get('meta', {}).get('unique_condition') -%}
+    {%- if not key_columns -%}
+        {{ exceptions.raise_compiler_error("incremental_strategy 'asapp_latest' needs the model's meta.unique_condition") }}
+    {%- endif -%}
+    {%- set matched = ['_asapp_record_key'] + key_columns -%}
+    {%- set dest_cols_csv = get_quoted_csv(arg_dict['dest_columns'] | map(attribute='name')) -%}
+    delete from {{ target }}
+    where ({{ matched | join(', ') }}) in (select {{ matched | join(', ') }} from {{ source }});
+
+    delete from {{ target }}
+    where _asapp_record_key in (
+        select _asapp_record_key from {{ source }} as arrived where {{ asapp_key_has_null('arrived', key_columns) }}
+    );
+
+    insert into {{ target }} ({{ dest_cols_csv }})
+    (
+        select {{ dest_cols_csv }}
+        from {{ source }}
+    )
+{%- endmacro %}
