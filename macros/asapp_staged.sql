@@ -5,9 +5,9 @@
     its columns too: DuckDB then reads only the row groups whose ranges of those columns can hold an arriving key
     (its join filters meet the zone maps), where the hash alone made it read every staged key twice per run. New
     records (a later time, a higher id) usually lie past what is staged: for them it costs next to nothing, however
-    much history is staged. An arriving key with a null column (or a text column holding
-    '<null>', which the hash takes for a null) is matched on its hash alone, as before: typed equality would miss
-    it. Other engines keep the plain form (they have no zone maps to gain from).
+    much history is staged. An arriving key with a null column (or a text column holding '<null>', which the hash
+    takes for a null) is matched on its hash alone, as before: typed equality would miss it. Other engines keep
+    the plain form (they have no zone maps to gain from).
 #}
 
 {#- asapp_key_has_null(relation, key_columns): whether a row of relation has a key column that the hash reads as
