@@ -10,12 +10,25 @@
     the plain form (they have no zone maps to gain from).
 #}
 
-{#- asapp_key_has_null(relation, key_columns): whether a row of relation has a key column that the hash reads as
-    null (asapp_record_key's own test of each column). -#}
-{% macro asapp_key_has_null(relation, key_columns) -%}
-    ({% for c in key_columns -%}
-        {{ asapp_key_part(relation ~ '.' ~ c) }} = '<null>'{{ ' or ' if not loop.last }}
-    {%- endfor %})
+{#- asapp_key_matches(row, arrived, key_columns): the two conditions under which row (an alias) holds the key of a
+    row of arrived, as DuckDB matches it: (1) its hash and key columns equal an arriving row's; (2) its hash equals
+    that of an arriving row with a key column the hash reads as null. -#}
+{% macro asapp_key_matches(row, arrived, key_columns) -%}
+    {%- set matched = ['_asapp_record_key'] + key_columns -%}
+    {%- set ours, theirs = [], [] -%}
+    {%- for c in matched -%}
+        {%- do ours.append(row ~ '.' ~ c) -%}
+        {%- do theirs.append('arrived.' ~ c) -%}
+    {%- endfor -%}
+    {%- set has_null = [] -%}
+    {%- for c in key_columns -%}
+        {%- do has_null.append(asapp_key_part('arrived.' ~ c) ~ " = '<null>'") -%}
+    {%- endfor -%}
+    {{ return([
+        '(' ~ ours | join(', ') ~ ') in (select ' ~ theirs | join(', ') ~ ' from ' ~ arrived ~ ' as arrived)',
+        row ~ '._asapp_record_key in (select arrived._asapp_record_key from ' ~ arrived ~ ' as arrived where '
+            ~ has_null | join(' or ') ~ ')',
+    ]) }}
 {%- endmacro %}
 
 {#- asapp_staged_versions(arrived, key_columns, columns, read): `select` of the staged versions ({{ this }}) of
@@ -40,19 +53,13 @@
 {%- endmacro %}
 
 {% macro duckdb__asapp_staged_versions(arrived, key_columns, columns, read) -%}
-    {%- set matched = ['_asapp_record_key'] + key_columns -%}
+    {%- for condition in asapp_key_matches('this_model', arrived, key_columns) %}
     {{ asapp_staged_select(columns, read) }}
-    where ({% for c in matched %}this_model.{{ c }}{{ ', ' if not loop.last }}{% endfor %}) in (
-        select {% for c in matched %}{{ arrived }}.{{ c }}{{ ', ' if not loop.last }}{% endfor %}
-        from {{ arrived }}
-    )
+    where {{ condition }}
+    {%- if not loop.last %}
     union all
-    {{ asapp_staged_select(columns, read) }}
-    where this_model._asapp_record_key in (
-        select {{ arrived }}._asapp_record_key
-        from {{ arrived }}
-        where {{ asapp_key_has_null(arrived, key_columns) }}
-    )
+    {%- endif %}
+    {%- endfor %}
 {%- endmacro %}
 
 {#- The incremental strategy `asapp_latest`: dbt's delete+insert on _asapp_record_key. On DuckDB its delete
@@ -77,16 +84,10 @@
     {%- if not key_columns -%}
         {{ exceptions.raise_compiler_error("incremental_strategy 'asapp_latest' needs the model's meta.unique_condition") }}
     {%- endif -%}
-    {%- set matched = ['_asapp_record_key'] + key_columns -%}
     {%- set dest_cols_csv = get_quoted_csv(arg_dict['dest_columns'] | map(attribute='name')) -%}
-    delete from {{ target }}
-    where ({{ matched | join(', ') }}) in (select {{ matched | join(', ') }} from {{ source }});
-
-    delete from {{ target }}
-    where _asapp_record_key in (
-        select _asapp_record_key from {{ source }} as arrived where {{ asapp_key_has_null('arrived', key_columns) }}
-    );
-
+    {% for condition in asapp_key_matches('this_model', source, key_columns) -%}
+    delete from {{ target }} as this_model where {{ condition }};
+    {% endfor %}
     insert into {{ target }} ({{ dest_cols_csv }})
     (
         select {{ dest_cols_csv }}
