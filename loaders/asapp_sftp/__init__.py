@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import dlt
-import duckdb
 import pyarrow as pa
 from dlt.common.schema.typing import TColumnSchema
 from dlt.common.typing import TSecretStrValue
@@ -43,6 +42,7 @@ from loaders.asapp_sftp.helpers import (
     add_drift,
     fetch_export_docs,
     list_partitions,
+    reading_database,
 )
 
 __all__ = ["FeedStats", "LoadStats", "SftpError", "SftpUnreachable", "asapp_sftp"]
@@ -108,7 +108,7 @@ class _Session:
     def __init__(self, connection: SftpConnection, stats: LoadStats) -> None:
         self.connection = connection
         self.listing = SftpChannel(connection)  # lists the base folder, then the feeds' partitions
-        self.duckdb = duckdb.connect()  # reads and checks the downloaded files, for every feed
+        self.duckdb = reading_database()  # reads and checks the downloaded files, for every feed
         self.stats = stats
         self.users = 0
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from loaders.asapp_sftp.connection import RetryPolicy, SftpConnection, connect_sftp
-from loaders.asapp_sftp.helpers import DataFile, Partition, PartitionReader
+from loaders.asapp_sftp.helpers import DataFile, Partition, PartitionReader, reading_database
 from loaders.sandbox.openssh import Sshd
 
 TYPES = {"id": "bigint", "score": "double"}
@@ -24,7 +24,7 @@ TYPES = {"id": "bigint", "score": "double"}
 
 @pytest.fixture
 def database() -> Iterator[duckdb.DuckDBPyConnection]:
-    con = duckdb.connect()
+    con = reading_database()  # as a load has it
     con.execute("call enable_logging('QueryLog')")  # every query of every cursor on this database
     yield con
     con.close()
