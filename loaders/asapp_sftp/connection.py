@@ -34,6 +34,10 @@ class SftpUnreachable(SftpError):
 # (AES-GCM, OpenSSH's own preference after chacha20) needs no separate HMAC per packet: together about a fifth
 # less CPU per byte downloaded here. Only the order changes: a server without AES-GCM still negotiates another.
 WINDOW_BYTES = 8 << 20
+# The largest SSH packet the server may send on the channel (paramiko's default: 32 KiB). With 256 KiB an answer to
+# a 128 KiB read request arrives in one packet instead of five, each decrypted and queued by paramiko in Python:
+# 545 MB downloaded here in 3.0 s instead of 3.5 s. A server keeps to its own limit when that is smaller.
+MAX_PACKET_BYTES = 256 << 10
 
 
 def download(
@@ -58,7 +62,12 @@ def _transport(
     sock: Any, /, *, disabled_algorithms: Mapping[str, Iterable[str]] | None = None, **_: Any
 ) -> paramiko.Transport:
     """SSHClient.connect's transport_factory (it passes the socket and the disabled algorithms)."""
-    transport = paramiko.Transport(sock, default_window_size=WINDOW_BYTES, disabled_algorithms=disabled_algorithms)
+    transport = paramiko.Transport(
+        sock,
+        default_window_size=WINDOW_BYTES,
+        default_max_packet_size=MAX_PACKET_BYTES,
+        disabled_algorithms=disabled_algorithms,
+    )
     options = transport.get_security_options()
     options.ciphers = tuple(sorted(options.ciphers, key=lambda name: "-gcm@" not in name))
     return transport

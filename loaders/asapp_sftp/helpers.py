@@ -9,7 +9,6 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import zlib
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +21,7 @@ import duckdb
 import paramiko
 import pyarrow as pa
 import pyarrow.compute as pc
+from zlib_ng import zlib_ng
 
 from loaders import runtime
 from loaders.asapp_sftp import settings
@@ -153,22 +153,22 @@ def gunzip(path: Path) -> tuple[Path, str | None]:
     """The gzip file inflated beside it (all members), checked to its end-of-stream marker: (plain file, None), or
     (the file, why it is not complete and valid). DuckDB reads a file cut right after its header (or at a block
     boundary) as shorter without complaint, so the check cannot be left to it; and once inflated here, in the
-    download thread, the checks and the read that follow parse a plain file (in parallel) instead of inflating
-    it twice more."""
+    download thread, the checks and the read that follow parse a plain file instead of inflating it twice more.
+    zlib-ng inflates ~4x faster than zlib (504 MB here: 0.17 s of CPU instead of 0.75 s)."""
     if path.stat().st_size == 0:
         return path, None  # an empty file is an empty file (and is skipped as one)
     plain = path.with_name(path.name.removesuffix(".gz") + ".plain")
-    d = zlib.decompressobj(wbits=31)
+    d = zlib_ng.decompressobj(wbits=31)
     try:
         with path.open("rb") as src, plain.open("wb") as dst:
             while chunk := src.read(1 << 20):
                 while chunk:
                     if d.eof:  # a further gzip member
-                        d = zlib.decompressobj(wbits=31)
+                        d = zlib_ng.decompressobj(wbits=31)
                     dst.write(d.decompress(chunk))
                     chunk = d.unused_data if d.eof else b""
             dst.write(d.flush())
-    except zlib.error as e:
+    except zlib_ng.error as e:  # type: ignore[misc]  # its stub declares an instance, not the class
         plain.unlink(missing_ok=True)
         return path, f"corrupt gzip ({e})"
     if not d.eof:

@@ -3,6 +3,7 @@ passes a file took to read, and a real sshd serves the partitions whose download
 
 from __future__ import annotations
 
+import gzip
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -143,3 +144,25 @@ def test_the_next_partitions_download_while_one_is_read_and_the_caller_holds_ano
     # ... and the partitions after it are made ready while the caller holds the one before
     assert spans[("prepare", "01")][0] < held["00"][1]
     assert spans[("download", "02")][0] < held["00"][1]
+
+
+def test_a_gzip_file_of_several_members_is_read_whole_with_its_lines_numbered_across_them(
+    tmp_path: Path, make_reader: Callable[[], PartitionReader]
+) -> None:
+    # gzip writers that append (or split their output) leave several members in one file; DuckDB and `zcat` read
+    # them all, and so must the download's inflate
+    directory = tmp_path / "mi=00"
+    directory.mkdir()
+    members = [[{"id": m * 1000 + i, "name": f"m{m}", "score": float(i)} for i in range(700)] for m in range(3)]
+    data = b"".join(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()) for rows in members)
+    (directory / "feed.jsonl.gz").write_bytes(data)
+    types: Future[dict[str, str] | None] = Future()
+    types.set_result(TYPES)
+    files = [DataFile("feed.jsonl.gz", None, True, False, len(data))]
+    reader = make_reader()
+    got = []
+    for _, _, prepared, problem in reader.downloaded([(partition(directory), files)], types):
+        assert problem is None
+        got += rows_of(reader, prepared)  # while the caller holds it: its files go once it moves on
+    assert [r["id"] for r in got] == [r["id"] for rows in members for r in rows]
+    assert [r["_asapp_line"] for r in got] == list(range(1, 2101))
