@@ -128,7 +128,11 @@ def destination() -> Any:
             "memory_limit": os.environ.get("ELT_DUCKDB_MEMORY_LIMIT", "512MB"),
             "preserve_insertion_order": False,
         }
-        return dlt.destinations.duckdb(credentials=DuckDbCredentials(str(duckdb_path()), global_config=config))
+        duck = DuckDbCredentials(global_config=config)
+        # set, not passed: a path passed is parsed as a connection URL first, which imports SQLAlchemy (~0.2 s of
+        # every run's start-up) only to find it is not one
+        duck.database = str(duckdb_path())
+        return dlt.destinations.duckdb(credentials=duck)
     if target() != "postgres":
         return target()  # dlt resolves the destination's credentials from its configuration
     env = os.environ
