@@ -322,7 +322,7 @@ class PreparedPartition:
 def reading_database() -> duckdb.DuckDBPyConnection:
     """The in-memory DuckDB that reads and checks downloaded files, shared by every feed's reader. Each query runs
     on its caller's thread alone (threads=1): a file's read is ordered (its line numbers), so a second DuckDB
-    thread added no speed, only ~1.2 s of CPU per GB read, which the downloads and dlt's writes running beside
+    thread added no speed, only ~1.1 s of CPU per GB read, which the downloads and dlt's writes running beside
     it need. Feeds are read side by side, each on its reader's own thread."""
     return duckdb.connect(config={"threads": 1})
 
