@@ -32,16 +32,14 @@ from loaders.asapp_sftp.connection import (
     SftpUnreachable,
     connect_sftp,
 )
-from loaders.asapp_sftp.helpers import (
-    Decryptor,
-    Partition,
+from loaders.asapp_sftp.decrypt import Decryptor
+from loaders.asapp_sftp.listing import Partition, fetch_export_docs, list_partitions
+from loaders.asapp_sftp.reader import (
     PartitionError,
     PartitionReader,
     PreparedPartition,
     TypeDrift,
     add_drift,
-    fetch_export_docs,
-    list_partitions,
     reading_database,
 )
 

@@ -17,7 +17,8 @@ import pyarrow as pa
 import pytest
 
 from loaders.asapp_sftp.connection import RetryPolicy, SftpConnection, connect_sftp
-from loaders.asapp_sftp.helpers import DataFile, Partition, PartitionReader, reading_database
+from loaders.asapp_sftp.listing import DataFile, Partition
+from loaders.asapp_sftp.reader import PartitionReader, reading_database
 from loaders.sandbox.openssh import Sshd
 
 TYPES = {"id": "bigint", "score": "double"}

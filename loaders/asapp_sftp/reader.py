@@ -1,24 +1,20 @@
-"""Listing the export layout on SFTP, downloading partitions, and reading their files into Arrow with DuckDB."""
+"""Reading a downloaded partition: inflating, checking and typing its files into Arrow with DuckDB."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shlex
 import shutil
-import subprocess
 import tempfile
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from functools import partial
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import duckdb
-import paramiko
 import pyarrow as pa
 import pyarrow.compute as pc
 from zlib_ng import zlib_ng
@@ -26,127 +22,14 @@ from zlib_ng import zlib_ng
 from loaders import runtime
 from loaders.asapp_sftp import settings
 from loaders.asapp_sftp.connection import SftpChannel, SftpConnection, download
+from loaders.asapp_sftp.decrypt import Decryptor
+from loaders.asapp_sftp.listing import DataFile, Partition
 
 log = logging.getLogger(__name__)
 
 
 class PartitionError(RuntimeError):
     """One partition cannot be loaded (a corrupt file): it is skipped, reported, and retried by the next run."""
-
-
-@dataclass(frozen=True)
-class Partition:
-    feed: str
-    version: str
-    format: str
-    dt: str
-    hr: str
-    mi: str
-    path: str  # remote directory
-
-    @property
-    def key(self) -> str:
-        return f"version={self.version}/format={self.format}/dt={self.dt}/hr={self.hr}/mi={self.mi}"
-
-    @property
-    def at_naive(self) -> datetime:
-        """The partition time as the raw tables hold it (_asapp_partition_at: UTC without a zone)."""
-        return self.at.replace(tzinfo=None)
-
-    @property
-    def at(self) -> datetime:
-        return datetime.strptime(f"{self.dt} {self.hr}:{self.mi}", "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class DataFile:
-    name: str
-    split: int | None
-    gzip: bool
-    encrypted: bool
-    size: int
-
-
-@dataclass
-class Listing:
-    ready: list[tuple[Partition, list[DataFile]]] = field(default_factory=list)
-    waiting: list[Partition] = field(default_factory=list)  # no _SUCCESS yet
-    ignored: list[str] = field(default_factory=list)  # names that do not follow the documented layout
-
-
-def _dirs(
-    sftp: paramiko.SFTPClient, path: str, pattern: settings.re.Pattern[str], listing: Listing
-) -> list[tuple[str, str]]:
-    """(value, name) of the sub-folders of path whose name matches pattern, sorted by value."""
-    found = []
-    for entry in sftp.listdir_attr(path):
-        m = pattern.match(entry.filename)
-        if m:
-            found.append((m.group("value"), entry.filename))
-        elif not entry.filename.startswith("."):
-            listing.ignored.append(f"{path}/{entry.filename}")
-    return sorted(found)
-
-
-def list_partitions(
-    sftp: paramiko.SFTPClient,
-    base_path: str,
-    feed: str,
-    since: date | None,
-    skip: set[str],
-    landed: set[tuple[str, datetime]] | None = None,
-) -> Listing:
-    """Partitions of a feed with dt >= since, not in skip, split into ready (_SUCCESS present) and waiting."""
-    listing = Listing()
-    feed_path = str(PurePosixPath(base_path) / feed)
-    file_re = settings.data_file_pattern(feed)
-    for version, vname in _dirs(sftp, feed_path, settings.VERSION_DIR, listing):
-        for fmt, fname in _dirs(sftp, f"{feed_path}/{vname}", settings.FORMAT_DIR, listing):
-            if fmt not in settings.SUPPORTED_FORMATS:
-                listing.ignored.append(f"{feed_path}/{vname}/{fname} (format {fmt} is not supported)")
-                continue
-            fmt_path = f"{feed_path}/{vname}/{fname}"
-            for dt, dname in _dirs(sftp, fmt_path, settings.DT_DIR, listing):
-                if since is not None and dt < since.isoformat():
-                    continue
-                for hr, hname in _dirs(sftp, f"{fmt_path}/{dname}", settings.HR_DIR, listing):
-                    for mi, mname in _dirs(sftp, f"{fmt_path}/{dname}/{hname}", settings.MI_DIR, listing):
-                        path = f"{fmt_path}/{dname}/{hname}/{mname}"
-                        partition = Partition(feed, version, fmt, dt, hr, mi, path)
-                        if partition.key in skip or (landed and (version, partition.at_naive) in landed):
-                            continue
-                        entries = sftp.listdir_attr(path)
-                        names = {e.filename for e in entries}
-                        if settings.SUCCESS_FLAG not in names:
-                            listing.waiting.append(partition)
-                            continue
-                        files = []
-                        for e in entries:
-                            m = file_re.match(e.filename)
-                            if m:
-                                split = m.group("split")
-                                files.append(
-                                    DataFile(
-                                        e.filename,
-                                        int(split) if split is not None else None,
-                                        bool(m.group("gz")),
-                                        bool(m.group("enc")),
-                                        e.st_size or 0,
-                                    )
-                                )
-                            elif e.filename != settings.SUCCESS_FLAG:
-                                listing.ignored.append(f"{path}/{e.filename}")
-                        files.sort(key=lambda f: (f.split if f.split is not None else -1, f.name))
-                        listing.ready.append((partition, files))
-    return listing
-
-
-def fetch_export_docs(sftp: paramiko.SFTPClient, base_path: str) -> Path:
-    """Download the server's export_docs.yaml to a temporary file."""
-    fd, name = tempfile.mkstemp(prefix=runtime.scratch_prefix("export-docs"), suffix=".yaml")
-    os.close(fd)
-    sftp.get(str(PurePosixPath(base_path) / settings.EXPORT_DOCS_NAME), name)
-    return Path(name)
 
 
 def gunzip(path: Path) -> tuple[Path, str | None]:
@@ -176,68 +59,6 @@ def gunzip(path: Path) -> tuple[Path, str | None]:
         return path, "truncated gzip (the stream has no end)"
     path.unlink()
     return plain, None
-
-
-class DecryptorError(RuntimeError):
-    """The decryptor is configured in a way that cannot work (the message says how to fix it)."""
-
-
-@dataclass(frozen=True)
-class Decryptor:
-    """Decrypts `.enc` files ("doubly encrypted" exports) with a streaming command: the encrypted file on its
-    stdin, the plain bytes on its stdout, never held in memory. GnuPG by default: `gpg --batch --decrypt` with the
-    configured keyring; the key's passphrase goes to gpg on a pipe, never on a command line or in the environment.
-    """
-
-    command: tuple[str, ...]
-    passphrase: str | None = None
-
-    @classmethod
-    def configure(cls, command: str | None, gnupg_home: str | None, passphrase: str | None) -> Decryptor | None:
-        """None when nothing is configured (encrypted partitions are then skipped and listed)."""
-        if command and command.strip() != "gpg":
-            custom = tuple(shlex.split(command))
-            if not shutil.which(custom[0]):
-                raise DecryptorError(
-                    f"decrypt command {custom[0]!r} was not found (SOURCES__ASAPP_SFTP__DECRYPT_COMMAND)"
-                )
-            return cls(custom, passphrase=None)
-        if not command and not gnupg_home:
-            return None
-        gpg = shutil.which("gpg")
-        if gpg is None:
-            raise DecryptorError("GnuPG is configured for .enc files but `gpg` is not installed: apt-get install gnupg")
-        argv = [gpg, "--batch", "--quiet", "--no-tty", "--yes"]
-        if gnupg_home:
-            home = Path(gnupg_home).expanduser()
-            if not home.is_dir():
-                raise DecryptorError(f"GnuPG home {home} does not exist (SOURCES__ASAPP_SFTP__GNUPG_HOME)")
-            argv += ["--homedir", str(home)]
-        return cls((*argv, "--decrypt"), passphrase=passphrase or None)
-
-    def decrypt(self, source: Path, target: Path) -> str | None:
-        """Decrypt source into target; what went wrong, or None."""
-        argv = list(self.command)
-        read_end = None
-        if self.passphrase is not None:
-            read_end, write_end = os.pipe()
-            os.write(write_end, self.passphrase.encode() + b"\n")
-            os.close(write_end)
-            argv[1:1] = ["--pinentry-mode", "loopback", "--passphrase-fd", str(read_end)]
-        try:
-            with source.open("rb") as src, target.open("wb") as dst:
-                done = subprocess.run(
-                    argv, stdin=src, stdout=dst, stderr=subprocess.PIPE, pass_fds=(read_end,) if read_end else ()
-                )
-        except OSError as e:
-            return f"decryption failed ({e})"
-        finally:
-            if read_end is not None:
-                os.close(read_end)
-        if done.returncode != 0:
-            said = " ".join(done.stderr.decode("utf-8", errors="replace").split())[-300:]
-            return f"decryption failed ({Path(argv[0]).name} exit {done.returncode}: {said or 'no message'})"
-        return None
 
 
 def _first_line_keys(path: Path, limit: int = 1 << 20) -> list[str] | None:

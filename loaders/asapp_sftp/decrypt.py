@@ -1,0 +1,72 @@
+"""Decrypting `.enc` files with a streaming command (GnuPG by default)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DecryptorError(RuntimeError):
+    """The decryptor is configured in a way that cannot work (the message says how to fix it)."""
+
+
+@dataclass(frozen=True)
+class Decryptor:
+    """Decrypts `.enc` files ("doubly encrypted" exports) with a streaming command: the encrypted file on its
+    stdin, the plain bytes on its stdout, never held in memory. GnuPG by default: `gpg --batch --decrypt` with the
+    configured keyring; the key's passphrase goes to gpg on a pipe, never on a command line or in the environment.
+    """
+
+    command: tuple[str, ...]
+    passphrase: str | None = None
+
+    @classmethod
+    def configure(cls, command: str | None, gnupg_home: str | None, passphrase: str | None) -> Decryptor | None:
+        """None when nothing is configured (encrypted partitions are then skipped and listed)."""
+        if command and command.strip() != "gpg":
+            custom = tuple(shlex.split(command))
+            if not shutil.which(custom[0]):
+                raise DecryptorError(
+                    f"decrypt command {custom[0]!r} was not found (SOURCES__ASAPP_SFTP__DECRYPT_COMMAND)"
+                )
+            return cls(custom, passphrase=None)
+        if not command and not gnupg_home:
+            return None
+        gpg = shutil.which("gpg")
+        if gpg is None:
+            raise DecryptorError("GnuPG is configured for .enc files but `gpg` is not installed: apt-get install gnupg")
+        argv = [gpg, "--batch", "--quiet", "--no-tty", "--yes"]
+        if gnupg_home:
+            home = Path(gnupg_home).expanduser()
+            if not home.is_dir():
+                raise DecryptorError(f"GnuPG home {home} does not exist (SOURCES__ASAPP_SFTP__GNUPG_HOME)")
+            argv += ["--homedir", str(home)]
+        return cls((*argv, "--decrypt"), passphrase=passphrase or None)
+
+    def decrypt(self, source: Path, target: Path) -> str | None:
+        """Decrypt source into target; what went wrong, or None."""
+        argv = list(self.command)
+        read_end = None
+        if self.passphrase is not None:
+            read_end, write_end = os.pipe()
+            os.write(write_end, self.passphrase.encode() + b"\n")
+            os.close(write_end)
+            argv[1:1] = ["--pinentry-mode", "loopback", "--passphrase-fd", str(read_end)]
+        try:
+            with source.open("rb") as src, target.open("wb") as dst:
+                done = subprocess.run(
+                    argv, stdin=src, stdout=dst, stderr=subprocess.PIPE, pass_fds=(read_end,) if read_end else ()
+                )
+        except OSError as e:
+            return f"decryption failed ({e})"
+        finally:
+            if read_end is not None:
+                os.close(read_end)
+        if done.returncode != 0:
+            said = " ".join(done.stderr.decode("utf-8", errors="replace").split())[-300:]
+            return f"decryption failed ({Path(argv[0]).name} exit {done.returncode}: {said or 'no message'})"
+        return None
