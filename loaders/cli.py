@@ -254,24 +254,26 @@ def schema_diff(
     new: Annotated[Path, typer.Argument(help="The newer export_docs.yaml (e.g. the one ASAPP just shipped).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the changes as JSON.")] = False,
 ) -> None:
-    """Added / removed / retyped columns, key, ordering and version changes. Exit 1 on a breaking change."""
+    """Added / removed / retyped columns, key, ordering and version changes, changed descriptions and type
+    spellings. Exit 1 on a breaking change."""
     import json
 
-    from loaders.export_docs import load_export_docs
     from loaders.export_docs.diff import diff, is_breaking
+    from loaders.export_docs.untrusted import read_untrusted
 
-    changes = _guard(lambda: diff(load_export_docs(old), load_export_docs(new)))
+    # either file may be one a server shipped: both are read as untrusted (hostile YAML is an error, not a crash)
+    changes = _guard(lambda: diff(read_untrusted(old), read_untrusted(new)))
     breaking = is_breaking(changes)
     if as_json:
         out.print_json(json.dumps({"breaking": breaking, "changes": [c.as_dict() for c in changes]}))
     elif not changes:
         out.print("no schema changes")
     else:
-        table = Table(title=f"schema changes: {old} -> {new}")
+        table = Table(title=escape(f"schema changes: {old} -> {new}"))
         for col in ("feed", "change", "detail", "breaking"):
             table.add_column(col)
-        for c in changes:
-            table.add_row(c.feed, c.kind, c.detail, "[red]yes[/]" if c.breaking else "no")
+        for c in changes:  # descriptions are the vendor's text: printed as text, never as Rich markup
+            table.add_row(escape(c.feed), c.kind, escape(c.detail), "[red]yes[/]" if c.breaking else "no")
         out.print(table)
         out.print(
             "[red]breaking changes: review the staging models, then `elt generate` and `elt build --full-refresh`[/]"
