@@ -40,22 +40,33 @@ WINDOW_BYTES = 8 << 20
 MAX_PACKET_BYTES = 256 << 10
 
 
+class FileChanged(OSError):
+    """A file's downloaded size is not the size the server lists (or listed when the partition was planned): it
+    changed since, or is being rewritten. Not a dropped connection: its partition fails and is retried by the next
+    run, which lists it again."""
+
+
 def download(
     sftp: paramiko.SFTPClient,
     remote: str,
     local: Path,
     request_bytes: int = settings.DEFAULT_READ_REQUEST_BYTES,
+    listed: int | None = None,
 ) -> None:
     """The remote file into local, prefetched (~40x faster than reading it in small pieces) in read requests of
     request_bytes: what paramiko's SFTPClient.get does, with larger requests (settings.DEFAULT_READ_REQUEST_BYTES),
-    and the same size check at the end."""
+    and the same size check at the end, against the size listed when the partition was planned too."""
     with sftp.open(remote, "rb") as source, local.open("wb") as target:
         source.MAX_REQUEST_SIZE = request_bytes  # paramiko's class default (32 KiB), read by its prefetch
         size = source.stat().st_size or 0
         source.prefetch(size)
         shutil.copyfileobj(source, target, 1 << 20)
-    if (got := local.stat().st_size) != size:
-        raise OSError(f"{remote}: downloaded {got} bytes, the server lists {size}")
+    got = local.stat().st_size
+    if got != size or (listed is not None and got != listed):
+        was = f"listed {listed} bytes" if listed is not None else "listed"
+        raise FileChanged(
+            f"downloaded {got} bytes, the server {was} and says {size} now: the file changed since it was listed"
+        )
 
 
 def _transport(
