@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +48,10 @@ class Decryptor:
             argv += ["--homedir", str(home)]
         return cls((*argv, "--decrypt"), passphrase=passphrase or None)
 
-    def decrypt(self, source: Path, target: Path) -> str | None:
-        """Decrypt source into target; what went wrong, or None."""
+    def decrypt(self, source: Path, target: Path, max_bytes: int | None = None) -> str | None:
+        """Decrypt source into target; what went wrong, or None. The plain bytes pass through here, counted: more
+        than max_bytes (OpenPGP compresses what it encrypts, so a small file may decrypt to a huge one) stops the
+        command and fails the file, so the disk a file takes stays bounded."""
         argv = list(self.command)
         read_end = None
         if self.passphrase is not None:
@@ -56,17 +59,35 @@ class Decryptor:
             os.write(write_end, self.passphrase.encode() + b"\n")
             os.close(write_end)
             argv[1:1] = ["--pinentry-mode", "loopback", "--passphrase-fd", str(read_end)]
+        too_large = False
         try:
-            with source.open("rb") as src, target.open("wb") as dst:
-                done = subprocess.run(
-                    argv, stdin=src, stdout=dst, stderr=subprocess.PIPE, pass_fds=(read_end,) if read_end else ()
+            # stderr to a file: a command that says much there while its stdout is read cannot block on a full pipe
+            with source.open("rb") as src, target.open("wb") as dst, tempfile.TemporaryFile() as err:
+                command = subprocess.Popen(
+                    argv, stdin=src, stdout=subprocess.PIPE, stderr=err, pass_fds=(read_end,) if read_end else ()
                 )
+                assert command.stdout is not None
+                with command.stdout:
+                    written = 0
+                    while chunk := command.stdout.read(1 << 20):
+                        written += len(chunk)
+                        if max_bytes is not None and written > max_bytes:
+                            too_large = True
+                            command.kill()
+                            break
+                        dst.write(chunk)
+                returncode = command.wait()
+                err.seek(0)
+                stderr = err.read(64 << 10)
         except OSError as e:
             return f"decryption failed ({e})"
         finally:
             if read_end is not None:
                 os.close(read_end)
-        if done.returncode != 0:
-            said = " ".join(done.stderr.decode("utf-8", errors="replace").split())[-300:]
-            return f"decryption failed ({Path(argv[0]).name} exit {done.returncode}: {said or 'no message'})"
+        if too_large:
+            target.unlink(missing_ok=True)
+            return f"decrypts to more than {max_bytes} bytes (SOURCES__ASAPP_SFTP__MAX_INFLATED_BYTES)"
+        if returncode != 0:
+            said = " ".join(stderr.decode("utf-8", errors="replace").split())[-300:]
+            return f"decryption failed ({Path(argv[0]).name} exit {returncode}: {said or 'no message'})"
         return None
