@@ -43,3 +43,13 @@ DEFAULT_TIMEOUT_SECONDS = 60.0
 # that answers with less still yields whole files, but paramiko then reads the rest one request at a time, far more
 # slowly: set 32768 for such a server.
 DEFAULT_READ_REQUEST_BYTES = 128 * 1024
+# Hostile input: each bound below turns an input that would exhaust memory, disk or a parser into a defined
+# outcome. A line longer than this is rejected (kept in _rejects, up to REJECT_RAW_LIMIT bytes) and never held
+# whole: DuckDB takes ~4x a line's size to read it (a 32 MB line: ~150 MB), and ASAPP's records are a few KB.
+DEFAULT_MAX_LINE_BYTES = 32 << 20
+# A line nested deeper than this (its own object is level 1) is rejected: no ASAPP record nests more than a few
+# levels, and deeper JSON only threatens the parsers downstream.
+DEFAULT_MAX_DEPTH = 64
+# A gzip (or .enc) file inflating (decrypting) to more than this fails its partition (retried by the next run, named
+# in the summary): it bounds the temporary disk one downloaded file may take (a 1 MB gzip can hold 1 GB).
+DEFAULT_MAX_INFLATED_BYTES = 8 << 30

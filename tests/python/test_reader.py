@@ -167,3 +167,38 @@ def test_a_gzip_file_of_several_members_is_read_whole_with_its_lines_numbered_ac
         got += rows_of(reader, prepared)  # while the caller holds it: its files go once it moves on
     assert [r["id"] for r in got] == [r["id"] for rows in members for r in rows]
     assert [r["_asapp_line"] for r in got] == list(range(1, 2101))
+
+
+def test_a_blank_line_in_a_uniform_file_leaves_every_row_its_true_line_number(
+    tmp_path: Path, make_reader: Callable[[], PartitionReader]
+) -> None:
+    # DuckDB skips a blank line without counting it: the one-pass read's row numbers would shift after it
+    directory = tmp_path / "mi=00"
+    directory.mkdir()
+    lines = [json.dumps({"id": i, "name": f"n{i}", "score": 0.5}) for i in range(1, 5)]
+    (directory / "feed.jsonl").write_text(lines[0] + "\n" + lines[1] + "\n\n" + "\n".join(lines[2:]) + "\n")
+    f = DataFile("feed.jsonl", None, False, False, (directory / "feed.jsonl").stat().st_size)
+    reader = make_reader()
+    prepared = reader.prepare(partition(directory), [f], [directory / f.name], datetime.now(UTC), TYPES)
+    assert [(r["id"], r["_asapp_line"]) for r in rows_of(reader, prepared)] == [(1, 1), (2, 2), (3, 4), (4, 5)]
+    assert not prepared.rejects
+
+
+def test_limits_are_the_readers_own_and_a_long_line_is_found_between_short_ones(
+    tmp_path: Path, sshd: Sshd, database: duckdb.DuckDBPyConnection
+) -> None:
+    # a line over max_line_bytes in the middle of a read chunk, and one over max_depth, with small limits
+    directory = tmp_path / "mi=00"
+    directory.mkdir()
+    lines = [b'{"id": 1}', b'{"id": 2, "name": "' + b"x" * 200 + b'"}', b'{"id": 3, "n": [[[1]]]}', b'{"id": 4}']
+    (directory / "feed.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    f = DataFile("feed.jsonl", None, False, False, (directory / "feed.jsonl").stat().st_size)
+    connection = SftpConnection(lambda: None, "nowhere", RetryPolicy(attempts=1, wait=0.1), 1.0)  # type: ignore[arg-type, return-value]
+    reader = PartitionReader(connection, database=database, max_line_bytes=100, max_depth=3)
+    try:
+        prepared = reader.prepare(partition(directory), [f], [directory / f.name], datetime.now(UTC), TYPES)
+        assert [(r["id"], r["_asapp_line"]) for r in rows_of(reader, prepared)] == [(1, 1), (4, 4)]
+        assert [(r.line, r.error.split(":")[0]) for r in prepared.rejects] == [(2, "LineTooLong"), (3, "TooDeep")]
+        assert prepared.rejects[0].raw == lines[1].decode()  # whole: shorter than what _rejects keeps
+    finally:
+        reader.close()
