@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Both create the venv when it is missing.
-PYTHON ?= python3.11
+# The newest of Python 3.13, 3.12 and 3.11 that runs here; `make PYTHON=python3.12 ...` picks another.
+PYTHON ?= $(firstword $(foreach p,python3.13 python3.12 python3.11,$(shell $(p) -c 'import sys' >/dev/null 2>&1 && echo $(p))))
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -7,6 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test venv sysdeps lint generate-check bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "Python 3.11, 3.12 or 3.13 is needed (or PYTHON=...)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,orchestration]"
@@ -45,4 +47,4 @@ lock:
 	$(BIN)/python -m pip freeze --exclude-editable > constraints.txt
 
 clean:
-	rm -rf target warehouse .pytest_cache
+	rm -rf target warehouse/* .pytest_cache  # warehouse/.gitkeep stays: dbt needs the folder
