@@ -25,7 +25,7 @@ from loaders.asapp_sftp.reader import PartitionReader
 from loaders.pipelines import load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
 from loaders.sandbox.openssh import Sshd
-from tests.python.helpers import Warehouse, query, scalar
+from tests.python.helpers import Warehouse, elt, query, scalar
 
 PROJECT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
@@ -142,14 +142,19 @@ def test_of_two_undocumented_keys_the_normalized_one_else_the_first_in_sort_orde
     assert stats.feeds[FEED].keys_set_aside == {"fooBar": 2}
     got = query(warehouse, f"select foo_bar, _asapp_extra from asapp_raw.{FEED} order by issue_id")
     assert [(v, json.loads(e)) for v, e in got] == [("upper1", {"fooBar": "camel1"}), ("upper2", {"fooBar": "camel2"})]
+    the_next_good_partition_loads(exports, warehouse, T0.replace(hour=11))
 
 
-def test_an_empty_key_is_set_aside(exports: Path, warehouse: Warehouse) -> None:
+def test_an_empty_key_is_set_aside_with_a_warning_naming_it(exports: Path, warehouse: Warehouse) -> None:
     # dlt cannot name a column "": the key is kept beside the row
-    write_lines(exports, T0, [b'{"issue_id": 1, "": "nameless"}'])
-    stats = load_asapp()
-    assert stats.feeds[FEED].rows == 1 and stats.feeds[FEED].keys_set_aside == {"": 1}
-    assert json.loads(scalar(warehouse, f"select _asapp_extra from asapp_raw.{FEED}")) == {"": "nameless"}
+    write_lines(exports, T0, [b'{"issue_id": 1, "": "nameless", "_dlt_id": "x"}'])
+    result = elt("load", "asapp")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "key(s) ['', '_dlt_id'] set aside into _asapp_extra" in " ".join(result.stderr.split())
+    assert json.loads(scalar(warehouse, f"select _asapp_extra from asapp_raw.{FEED}")) == {
+        "": "nameless",
+        "_dlt_id": "x",
+    }
     the_next_good_partition_loads(exports, warehouse, T0.replace(hour=11))
 
 
