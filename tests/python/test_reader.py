@@ -202,3 +202,27 @@ def test_limits_are_the_readers_own_and_a_long_line_is_found_between_short_ones(
         assert prepared.rejects[0].raw == lines[1].decode()  # whole: shorter than what _rejects keeps
     finally:
         reader.close()
+
+
+def test_a_line_too_deep_among_nested_ones_of_a_uniform_file_is_found_and_rejected(
+    tmp_path: Path, database: duckdb.DuckDBPyConnection
+) -> None:
+    # every line has the first line's keys (the one-pass read takes them all) and nests: the count of brackets
+    # cannot clear the file, so the lines with many are measured, and the one too deep is rejected
+    connection = SftpConnection(lambda: None, "nowhere", RetryPolicy(attempts=1, wait=0.1), 1.0)  # type: ignore[arg-type, return-value]
+    reader = PartitionReader(connection, database=database, max_depth=3)
+    try:
+        for name, deep in (("shallow", None), ("deep", 50)):
+            directory = tmp_path / name
+            directory.mkdir()
+            lines = [b'{"id": %d, "n": [{"a": "[[[[ in a string"}]}' % i for i in range(1, 101)]
+            if deep:
+                lines[deep - 1] = b'{"id": %d, "n": [[[1]]]}' % deep
+            (directory / "feed.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+            f = DataFile("feed.jsonl", None, False, False, (directory / "feed.jsonl").stat().st_size)
+            prepared = reader.prepare(partition(directory), [f], [directory / f.name], datetime.now(UTC), TYPES)
+            got = [(r["id"], r["_asapp_line"]) for r in rows_of(reader, prepared)]
+            assert got == [(i, i) for i in range(1, 101) if i != deep]
+            assert [(r.line, r.error.split(":")[0]) for r in prepared.rejects] == ([(deep, "TooDeep")] if deep else [])
+    finally:
+        reader.close()
