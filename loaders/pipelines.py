@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -13,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 from loaders import runtime
 from loaders.asapp_sftp import FeedStats, LoadStats, asapp_sftp
+from loaders.asapp_sftp.settings import PARTITIONS_TABLE
 from loaders.export_docs import load_export_docs
 from loaders.export_docs.diff import Change, diff, is_breaking
 from loaders.export_docs.model import ExportDocs, ExportDocsError
+from loaders.run_lock import locked
 
 if TYPE_CHECKING:
     from loaders.apsis import ApsisStats
@@ -71,9 +74,11 @@ def dedupe_loads(pipeline: Any, load_ids: list[str], row_key: RowKey) -> None:
 
 
 def asapp_row_key(table: str) -> Sequence[str]:
-    """A raw feed row is the line of a file of a partition; a reject too."""
+    """A raw feed row is the line of a file of a partition; a reject too; a partition load is its load time."""
     if table == "_rejects":
         return ("partition", "file", "line")
+    if table == PARTITIONS_TABLE:
+        return ("feed", "partition", "loaded_at")
     return ("_asapp_version", "_asapp_partition_at", "_asapp_file", "_asapp_line")
 
 
@@ -131,6 +136,11 @@ class ColumnTypes:
                     types[name] = raw_type(column)
         return types or None
 
+    def version(self, feed: str) -> str | None:
+        """The feed's version as export_docs.yaml documents it (staging takes its rows only), None when undocumented."""
+        feed_docs = project_export_docs().feeds.get(feed)
+        return feed_docs.version if feed_docs else None
+
 
 class SchemaDriftError(RuntimeError):
     """The server's export_docs.yaml differs from the project's (with --strict)."""
@@ -144,6 +154,8 @@ def check_export_docs(stats: LoadStats, strict: bool) -> list[Change]:
     file either way, for `elt schema-diff` or for ASAPP."""
     from loaders.export_docs.untrusted import read_untrusted
 
+    if stats.export_docs_problem and strict:  # found, but not downloaded (larger than untrusted.MAX_BYTES)
+        raise SchemaDriftError(f"the server's {stats.export_docs_problem}")
     if stats.export_docs is None:
         return []
     kept = runtime.duckdb_path().parent / "export_docs.server.yaml"
@@ -200,39 +212,82 @@ def _raw_feed_tables(pipeline: Any) -> list[str]:
     ]
 
 
-def landed_partitions(pipeline: Any) -> dict[str, set[tuple[str, datetime]]]:
-    """feed -> {(version, partition time)} present in the raw tables, from the last loaded dt minus the lookback
-    on (or everything, without local state). The destination is the truth of what loaded: dlt's local state can
-    lag it when a process is killed between committing a load package and saving that state."""
-    feeds_state = _feeds_state(pipeline)
-    landed: dict[str, set[tuple[str, datetime]]] = {}
-    with pipeline.sql_client() as client:
-        for feed in _raw_feed_tables(pipeline):
-            max_dt = feeds_state.get(feed, {}).get("max_dt")
-            where = ""
-            if max_dt:  # the listing window, with a generous margin
-                where = f" where _asapp_partition_at >= '{date.fromisoformat(max_dt) - timedelta(days=31)}'"
-            try:
-                with client.execute_query(
-                    f"select distinct _asapp_version, _asapp_partition_at "
-                    f"from {client.make_qualified_table_name(feed)}" + where
-                ) as cursor:
-                    landed[feed] = {(str(v), at.replace(tzinfo=None)) for v, at in cursor.fetchall()}
-            except Exception:  # in the schema but not created yet (nothing of it was ever loaded)
-                continue
-    return landed
+class History:
+    """What the raw tables hold, asked by the source per feed (see asapp_sftp's `history`): the destination is the
+    truth of what loaded, since dlt's local state can lag it when a process is killed between committing a load
+    package and saving that state. Read once per feed and run, and only for the feeds that are listed."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self._pipeline = pipeline
+        self._feeds_state = _feeds_state(pipeline)
+        self._tables = set(_raw_feed_tables(pipeline))
+        self._landed: dict[tuple[str, bool], set[tuple[str, datetime]]] = {}
+        self._fingerprints: dict[str, dict[str, str]] | None = None
+
+    def landed(self, feed: str, whole: bool) -> set[tuple[str, datetime]]:
+        """{(version, partition time)} in the feed's raw table: every dt (whole), or from the last loaded dt
+        minus a generous margin over the lookback on. The windows of every feed are read at the first call, on one
+        connection (a run with nothing new asks for all of them)."""
+        if not self._landed:
+            self._landed = {(f, False): set() for f in self._tables}
+            self._query_landed(sorted(self._tables), whole=False)
+        if (feed, whole) not in self._landed:
+            self._query_landed([feed], whole)
+        return self._landed.get((feed, whole), set())
+
+    def _query_landed(self, feeds: list[str], whole: bool) -> None:
+        with self._pipeline.sql_client() as client:
+            for feed in feeds:
+                if feed not in self._tables:
+                    continue
+                max_dt = self._feeds_state.get(feed, {}).get("max_dt")
+                where = ""
+                if max_dt and not whole:
+                    with contextlib.suppress(ValueError):  # a state an older version wrote: read the whole table
+                        where = f" where _asapp_partition_at >= '{date.fromisoformat(max_dt) - timedelta(days=31)}'"
+                try:
+                    with client.execute_query(
+                        f"select distinct _asapp_version, _asapp_partition_at "
+                        f"from {client.make_qualified_table_name(feed)}" + where
+                    ) as cursor:
+                        self._landed[feed, whole] = {(str(v), at.replace(tzinfo=None)) for v, at in cursor.fetchall()}
+                except Exception:  # in the schema but not created yet (nothing of it was ever loaded)
+                    self._landed[feed, whole] = set()
+
+    def fingerprints(self, feed: str) -> dict[str, str]:
+        """partition key -> fingerprint of its last load (asapp_raw._partitions), for a rescan."""
+        if self._fingerprints is None:
+            self._fingerprints = {}
+            table = PARTITIONS_TABLE
+            schema = self._pipeline.default_schema if self._pipeline.default_schema_name else None
+            if schema is not None and table in schema.tables:
+                with self._pipeline.sql_client() as client:
+                    try:
+                        with client.execute_query(
+                            f"select feed, partition, fingerprint, loaded_at "
+                            f"from {client.make_qualified_table_name(table)} order by loaded_at"
+                        ) as cursor:
+                            for name, key, fp, _ in cursor.fetchall():
+                                self._fingerprints.setdefault(name, {})[key] = fp
+                    except Exception:  # in the schema but not created yet
+                        pass
+        return self._fingerprints.get(feed, {})
 
 
+@locked(ASAPP_PIPELINE, "elt load asapp")
 def load_asapp(
     feeds: Sequence[str] | None = None,
     since: str | None = None,
     strict: bool = False,
     on_progress: Callable[[str, FeedStats], None] | None = None,
     max_bad_lines: int | None = None,
+    rescan: bool = False,
 ) -> LoadStats:
     """SFTP feeds -> asapp_raw.<feed>. Returns the run's counts.
 
     With strict, a server export_docs.yaml that differs from the project's stops the run before anything loads.
+    With rescan, every dt of the feeds is listed: late partitions and partitions re-exported since their load are
+    loaded (a run also rescans a feed by itself every SOURCES__ASAPP_SFTP__RESCAN_HOURS).
     """
     pipeline = runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET)
     finish_pending(pipeline, row_key=asapp_row_key)
@@ -240,8 +295,8 @@ def load_asapp(
     options: dict[str, Any] = {"feeds": list(feeds) if feeds else None, "since": since, "stats": stats}
     if max_bad_lines is not None:  # else the configured (or default) value
         options["max_bad_lines"] = max_bad_lines
-    # once: later chunks of this load are in dlt's state; only an earlier, interrupted run can be missing from it
-    options["landed"] = landed_partitions(pipeline)
+    if rescan:
+        options["rescan"] = True
     options["column_types"] = ColumnTypes(pipeline)
     with runtime.frozen_heap():
         _run_asapp(pipeline, options, stats, strict)
@@ -255,7 +310,8 @@ def _run_asapp(pipeline: Any, options: dict[str, Any], stats: LoadStats, strict:
         # a long backfill goes in chunks of max_partitions per feed, each committed before the next is read
         for s in stats.feeds.values():
             s.more = False
-        source = asapp_sftp(**options)
+        # read again for each chunk: the chunk before it is committed, and dlt's state forgets old partitions
+        source = asapp_sftp(**options, history=History(pipeline))
         if first:
             stats.schema_changes = check_export_docs(stats, strict)
             first = False
@@ -272,6 +328,7 @@ APSIS_PIPELINE = "apsis"
 APSIS_DATASET = "apsis_raw"
 
 
+@locked(APSIS_PIPELINE, "elt load apsis")
 def load_apsis(start_at: str | None = None, end_at: str | None = None) -> ApsisStats:
     """APSIS One export -> apsis_raw. Returns the run's counts."""
     from loaders.apsis import ApsisStats, apsis  # not imported by `elt load asapp` (~0.1 s of start-up)
@@ -293,6 +350,9 @@ class FeedStatus:
     waiting: int
     sync_time: str
     fresh: bool | None  # None: never loaded
+    rescanned_at: str | None = None  # the last full listing of the feed's dt folders
+    not_loaded: int = 0  # complete or waiting partitions that listing found and did not load (see last_rescan)
+    restated: int = 0  # partitions that listing loaded again, re-exported since their load
 
 
 def asapp_status() -> list[FeedStatus]:
@@ -306,8 +366,12 @@ def asapp_status() -> list[FeedStatus]:
     with pipeline.sql_client() as client:
         for feed in sorted(set(docs.feeds) | loaded):
             sync = docs.feeds[feed].sync_time if feed in docs.feeds else "?"
+            rescan = state.get(feed, {}).get("last_rescan") or {}
+            rescanned_at: str | None = rescan.get("at")
+            not_loaded, restated = int(rescan.get("not_loaded_count", 0)), int(rescan.get("restated_count", 0))
             if feed not in loaded:
-                result.append(FeedStatus(feed, 0, None, None, len(state.get(feed, {}).get("waiting", {})), sync, None))
+                waiting = len(state.get(feed, {}).get("waiting", {}))
+                result.append(FeedStatus(feed, 0, None, None, waiting, sync, None, rescanned_at, not_loaded, restated))
                 continue
             table = client.make_qualified_table_name(feed)
             with client.execute_query(
@@ -317,7 +381,11 @@ def asapp_status() -> list[FeedStatus]:
             limit = FRESHNESS_LIMIT["hourly" if sync.endswith("h") else "daily"]
             fresh = latest is not None and now - latest.replace(tzinfo=None) <= limit
             waiting = len(state.get(feed, {}).get("waiting", {}))
-            result.append(FeedStatus(feed, int(rows), latest, last_loaded, waiting, sync, fresh))
+            result.append(
+                FeedStatus(
+                    feed, int(rows), latest, last_loaded, waiting, sync, fresh, rescanned_at, not_loaded, restated
+                )
+            )
     return result
 
 

@@ -1,7 +1,7 @@
 {#
     asapp_latest(relation, partition_by, order_by, columns): keep one row per partition_by, the first by order_by.
     This is the dedup of ASAPP's "Removing Duplicate Data": the newest version of each record wins, by the
-    feed's ordering key, then by insertion order (partition time, split, file, line), all descending.
+    feed's ordering key, then by insertion order (partition time, load time, split, file, line), all descending.
     Unlike dbt_utils.deduplicate, rows with null columns are kept.
 #}
 {% macro asapp_latest(relation, partition_by, order_by, columns) -%}

@@ -10,6 +10,8 @@ the same after a week or after a year of history.
 from __future__ import annotations
 
 import logging
+import re
+import stat
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -33,7 +35,14 @@ from loaders.asapp_sftp.connection import (
     connect_sftp,
 )
 from loaders.asapp_sftp.decrypt import Decryptor
-from loaders.asapp_sftp.listing import Partition, fetch_export_docs, list_partitions
+from loaders.asapp_sftp.listing import (
+    Listing,
+    ListingScope,
+    Partition,
+    ReadyPartition,
+    fetch_export_docs,
+    list_partitions,
+)
 from loaders.asapp_sftp.reader import (
     PartitionError,
     PartitionReader,
@@ -42,6 +51,7 @@ from loaders.asapp_sftp.reader import (
     add_drift,
     reading_database,
 )
+from loaders.export_docs import untrusted
 
 __all__ = ["FeedStats", "LoadStats", "SftpError", "SftpUnreachable", "asapp_sftp"]
 
@@ -67,6 +77,24 @@ LINEAGE_HINTS: dict[str, TColumnSchema] = {
     "_asapp_line": {"data_type": "bigint"},
     "_asapp_loaded_at": {"data_type": "timestamp", "timezone": False},
     "_asapp_untyped": {"data_type": "text"},  # values that did not cast to their column's type, as JSON
+    "_asapp_extra": {"data_type": "text"},  # keys set aside (a lineage name, a second key for a column), as JSON
+}
+
+
+# One row per partition load (asapp_raw._partitions), in the same package as the partition's rows: what the load
+# read (its fingerprint), so a rescan finds the partitions re-exported since.
+PARTITION_HINTS: dict[str, TColumnSchema] = {
+    "feed": {"data_type": "text"},
+    "partition": {"data_type": "text"},
+    "version": {"data_type": "text"},
+    "partition_at": {"data_type": "timestamp", "timezone": False},
+    "fingerprint": {"data_type": "text"},
+    "files": {"data_type": "bigint"},
+    "bytes": {"data_type": "bigint"},
+    "rows": {"data_type": "bigint"},
+    "restated": {"data_type": "bool"},
+    "adopted": {"data_type": "bool"},  # loaded by an older version: its fingerprint recorded when first rescanned
+    "loaded_at": {"data_type": "timestamp", "timezone": False},
 }
 
 
@@ -83,6 +111,11 @@ class FeedStats:
     failed: list[str] = field(default_factory=list)  # partitions skipped for a corrupt file (retried next run)
     encrypted: list[str] = field(default_factory=list)  # partitions skipped: .enc and no decryptor
     drift: dict[str, TypeDrift] = field(default_factory=dict)  # column -> values not of its documented type
+    keys_set_aside: dict[str, int] = field(default_factory=dict)  # JSON key -> values kept in _asapp_extra
+    rescanned: bool = False  # this run listed every dt of the feed (--rescan, or the last rescan was too old)
+    held: list[str] = field(default_factory=list)  # partitions dated too far ahead of now: not loaded
+    restated: list[str] = field(default_factory=list)  # partitions loaded again: re-exported since their load
+    other_versions: set[str] = field(default_factory=set)  # versions loaded that export_docs.yaml does not document
 
 
 @dataclass
@@ -92,6 +125,7 @@ class LoadStats:
     feeds: dict[str, FeedStats] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
     export_docs: Path | None = None  # the export_docs.yaml found on the server, downloaded
+    export_docs_problem: str | None = None  # why the server's export_docs.yaml was not read
     schema_changes: list[Any] = field(default_factory=list)  # its differences from the project's
     reconnects: int = 0  # times a dropped SFTP connection was opened again
     on_progress: Any = None  # called with (feed, FeedStats) after each partition
@@ -122,13 +156,52 @@ class _Session:
         self.stats.reconnects += self.connection.reconnects
 
 
+@dataclass(frozen=True)
+class FeedRun:
+    """How this run walks each feed (the source's arguments, resolved)."""
+
+    base_path: str
+    since: date | None
+    lookback_days: int
+    rescan: bool  # list every dt of the feed, whenever it was last rescanned
+    rescan_hours: float
+    max_bad_lines: int
+    read_request_bytes: int
+    max_partitions: int
+    max_line_bytes: int
+    max_depth: int
+    max_inflated_bytes: int
+    decryptor: Decryptor | None
+    column_types: Any
+    history: Any
+    stats: LoadStats
+
+
+_KEY_DT = re.compile(r"(?:^|/)dt=([0-9]{4}-[0-9]{2}-[0-9]{2})(?:/|$)", re.ASCII)
+
+
+def _key_date(partition_key: str) -> date | None:
+    """The dt of a partition key, or None for a key that is not one (a state left by an older version, which
+    let invalid dates through)."""
+    m = _KEY_DT.search(partition_key)
+    try:
+        return date.fromisoformat(m.group(1)) if m else None
+    except ValueError:
+        return None
+
+
 def _feed_state(feed: str) -> dict[str, Any]:
+    """The feed's state: loaded (partition key -> fingerprint of its load, within the listing window), waiting
+    (key -> first seen), max_dt (the last loaded dt), rescanned_at, rescan_from (a rescan left unfinished) and
+    last_rescan (what the last full listing found not loaded, and what it reloaded)."""
     state = dlt.current.source_state().setdefault("feeds", {})
-    return state.setdefault(feed, {"loaded": {}, "waiting": {}, "max_dt": None})
-
-
-def _dt(partition_key: str) -> date:
-    return date.fromisoformat(partition_key.split("dt=")[1][:10])
+    feed_state: dict[str, Any] = state.setdefault(feed, {"loaded": {}, "waiting": {}, "max_dt": None})
+    # an entry no valid partition has (an older version's state) would stop every later run: dropped
+    for name in ("loaded", "waiting"):
+        feed_state[name] = {k: v for k, v in feed_state.get(name, {}).items() if _key_date(k) is not None}
+    if feed_state.get("max_dt") and _key_date(f"dt={feed_state['max_dt']}") is None:
+        feed_state["max_dt"] = None
+    return feed_state
 
 
 def _listing_start(feed_state: dict[str, Any], since: date | None, lookback_days: int) -> date | None:
@@ -138,74 +211,147 @@ def _listing_start(feed_state: dict[str, Any], since: date | None, lookback_days
     start = min(
         [
             date.fromisoformat(feed_state["max_dt"]) - timedelta(days=lookback_days),
-            *(_dt(k) for k in feed_state.get("waiting", {})),
+            *(d for d in map(_key_date, feed_state.get("waiting", {})) if d is not None),
         ]
     )
     return max(start, since) if since else start
 
 
-def _feed_partitions(
-    session: _Session,
-    base_path: str,
-    feed: str,
-    since: date | None,
-    lookback_days: int,
-    max_bad_lines: int,
-    read_request_bytes: int,
-    max_partitions: int,
-    landed: dict[str, set[tuple[str, datetime]]],
-    decryptor: Decryptor | None,
-    column_types: Any,
-    stats: LoadStats,
-) -> Iterator[Any]:
+def _rescan_due(feed_state: dict[str, Any], run: FeedRun, now: datetime) -> bool:
+    if run.rescan or not feed_state.get("max_dt") or feed_state.get("rescan_from"):
+        return True  # asked for, nothing loaded yet (the listing is whole anyway), or a rescan left unfinished
+    try:
+        last = datetime.fromisoformat(feed_state["rescanned_at"])
+    except (KeyError, TypeError, ValueError):
+        return True
+    return now - last >= timedelta(hours=run.rescan_hours)
+
+
+def _scope(feed: str, feed_state: dict[str, Any], run: FeedRun, rescan: bool, now: datetime) -> ListingScope:
+    hold_after = now + timedelta(hours=settings.FUTURE_TOLERANCE_HOURS)
+    if not rescan:
+        return ListingScope(
+            since=_listing_start(feed_state, run.since, run.lookback_days),
+            loaded=frozenset(feed_state["loaded"]),
+            landed=frozenset(run.history.landed(feed, whole=False) if run.history else ()),
+            hold_after=hold_after,
+        )
+    since = run.since
+    if feed_state.get("rescan_from"):  # the rest of a rescan that had more to load than one chunk
+        resume = date.fromisoformat(feed_state["rescan_from"])
+        since = max(since, resume) if since else resume
+    known = dict(run.history.fingerprints(feed) if run.history else {})
+    known.update({k: v for k, v in feed_state["loaded"].items() if _is_fingerprint(v)})
+    return ListingScope(
+        since=since,
+        loaded=frozenset(feed_state["loaded"]),
+        landed=frozenset(run.history.landed(feed, whole=True) if run.history else ()),
+        fingerprints=known,
+        hold_after=hold_after,
+    )
+
+
+def _is_fingerprint(value: Any) -> bool:
+    """A loaded partition's state value is its fingerprint (older versions stored the load time instead)."""
+    return isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
+
+
+def _partition_row(ready: ReadyPartition, loaded_at: datetime, rows: int, adopted: bool = False) -> Any:
+    p = ready.partition
+    return dlt.mark.with_hints(
+        [
+            {
+                "feed": p.feed,
+                "partition": p.key,
+                "version": p.version,
+                "partition_at": p.at_naive,
+                "fingerprint": ready.fingerprint,
+                "files": len(ready.files),
+                "bytes": sum(f.size for f in ready.files),
+                "rows": rows,
+                "restated": ready.restated,
+                "adopted": adopted,
+                "loaded_at": loaded_at.replace(tzinfo=None),
+            }
+        ],
+        # a variant: the table hint stays with these rows instead of becoming the resource's for the rows after
+        dlt.mark.make_hints(table_name=settings.PARTITIONS_TABLE, columns=PARTITION_HINTS),
+        create_table_variant=True,
+    )
+
+
+def _feed_partitions(session: _Session, feed: str, run: FeedRun) -> Iterator[Any]:
+    stats = run.stats
     try:
         state = _feed_state(feed)
-        start = _listing_start(state, since, lookback_days)
-        listing = session.listing.run(
-            f"listing {feed}",
-            lambda sftp: list_partitions(
-                sftp, base_path, feed, start, skip=set(state["loaded"]), landed=landed.get(feed)
-            ),
-        )
+        now_at = datetime.now(UTC)
+        now = now_at.isoformat(timespec="seconds")
+        rescan = _rescan_due(state, run, now_at)
+        scope = _scope(feed, state, run, rescan, now_at)
+        listing = session.listing.run(f"listing {feed}", lambda sftp: list_partitions(sftp, run.base_path, feed, scope))
         fstats = stats.feed(feed)
+        fstats.rescanned = rescan
         stats.ignored += listing.ignored
         for name in listing.ignored:
             log.warning("ignored %s: not part of ASAPP's export layout", name)
         first_seen = state.get("waiting", {})
-        now = datetime.now(UTC).isoformat(timespec="seconds")
         state["waiting"] = {p.key: first_seen.get(p.key, now) for p in listing.waiting}
         fstats.partitions_waiting = len(listing.waiting)
         fstats.waiting = [p.key for p in listing.waiting]
         for p in listing.waiting:
             log.info("%s %s: no _SUCCESS yet, will be loaded by a later run", feed, p.key)
+        fstats.held = [p.key for p in listing.held]
+        for p in listing.held:
+            log.warning(
+                "%s %s: dated more than %d h ahead of now: held back, not loaded (ask ASAPP about it)",
+                feed,
+                p.key,
+                settings.FUTURE_TOLERANCE_HOURS,
+            )
+        for adopted in listing.adopted:  # loaded by an older version: its fingerprint recorded, not read again
+            state["loaded"][adopted.partition.key] = adopted.fingerprint
+            yield _partition_row(adopted, now_at, 0, adopted=True)
         reader = PartitionReader(
-            session.connection, decryptor, max_bad_lines, read_request_bytes=read_request_bytes, database=session.duckdb
+            session.connection,
+            run.decryptor,
+            run.max_bad_lines,
+            read_request_bytes=run.read_request_bytes,
+            database=session.duckdb,
+            max_line_bytes=run.max_line_bytes,
+            max_depth=run.max_depth,
+            max_inflated_bytes=run.max_inflated_bytes,
         )
         try:
-            readable = []
-            for partition, files in listing.ready:
-                encrypted = [f.name for f in files if f.encrypted]
-                if encrypted and decryptor is None:
+            readable: list[ReadyPartition] = []
+            for ready in listing.ready:
+                encrypted = [f.name for f in ready.files if f.encrypted]
+                if encrypted and run.decryptor is None:
                     # never loaded as garbage; kept waiting (not recorded) until a decryptor is configured
-                    fstats.encrypted.append(partition.key)
-                    state["waiting"][partition.key] = state["waiting"].get(partition.key, now)
+                    fstats.encrypted.append(ready.partition.key)
+                    state["waiting"][ready.partition.key] = state["waiting"].get(ready.partition.key, now)
                     log.warning(
                         "%s %s: encrypted files %s need a decryptor (SOURCES__ASAPP_SFTP__GNUPG_HOME or "
                         "__DECRYPT_COMMAND), which is not configured: skipped",
                         feed,
-                        partition.key,
+                        ready.partition.key,
                         encrypted,
                     )
                 else:
-                    readable.append((partition, files))
-            fstats.more = len(readable) > max_partitions
-            readable = readable[:max_partitions]  # oldest first: the rest in the next run of this load
+                    readable.append(ready)
+            readable.sort(key=lambda r: (r.partition.at, r.partition.version))
+            fstats.more = len(readable) > run.max_partitions
+            left = readable[run.max_partitions :]
+            readable = readable[: run.max_partitions]  # oldest first: the rest in the next run of this load
+            retry: list[ReadyPartition] = []
             types_ready: Future[dict[str, str] | None] = Future()
-            downloads = reader.downloaded(readable, types_ready)  # the first download starts now
+            downloads = reader.downloaded([(r.partition, r.files) for r in readable], types_ready)
+            documented_version = None
             try:
                 # looked up only when something is read (a run with nothing new does not parse
                 # export_docs.yaml), while the first download runs; its read waits for them
-                types = column_types.get(feed) if column_types is not None and readable else None
+                types = run.column_types.get(feed) if run.column_types is not None and readable else None
+                if run.column_types is not None and readable and hasattr(run.column_types, "version"):
+                    documented_version = run.column_types.version(feed)
             except BaseException as e:
                 types_ready.set_exception(e)
                 raise
@@ -214,7 +360,8 @@ def _feed_partitions(
             # column would be created WITH TIME ZONE. Given with the first rows that have the column (a hint for
             # an absent column would create it, and dlt would then rewrite every file to add it).
             timestamps = {c for c, t in (types or {}).items() if t == "timestamp"}
-            for partition, files, prepared, problem in downloads:
+            for ready, (partition, files, prepared, problem) in zip(readable, downloads, strict=True):
+                rows_before = fstats.rows
                 try:
                     if problem:  # nothing of it is yielded: a partition loads whole or not at all
                         raise PartitionError(problem)
@@ -235,20 +382,62 @@ def _feed_partitions(
                     if f"{partition.key}: {e}" not in fstats.failed:  # once, however many chunks retried it
                         fstats.failed.append(f"{partition.key}: {e}")
                     state["waiting"][partition.key] = state["waiting"].get(partition.key, now)
+                    if ready.restated:  # still loaded as before, so a plain listing passes it by: rescan again
+                        retry.append(ready)
                     log.error("%s %s: %s; skipped, will be retried by the next run", feed, partition.key, e)
                     continue
                 # Recorded in the same load package as the rows: both are committed, or neither.
-                state["loaded"][partition.key] = datetime.now(UTC).isoformat(timespec="seconds")
+                yield _partition_row(ready, prepared.loaded_at or now_at, fstats.rows - rows_before)
+                state["loaded"][partition.key] = ready.fingerprint
+                state["waiting"].pop(partition.key, None)
                 if state["max_dt"] is None or partition.dt > state["max_dt"]:
                     state["max_dt"] = partition.dt
+                if ready.restated:
+                    fstats.restated.append(partition.key)
+                    log.warning(
+                        "%s %s: re-exported since it was loaded (its files or _SUCCESS changed): loaded again; "
+                        "its new rows supersede the earlier ones in staging",
+                        feed,
+                        partition.key,
+                    )
+                if documented_version is not None and partition.version != documented_version:
+                    fstats.other_versions.add(partition.version)
                 fstats.partitions_loaded += 1
                 if stats.on_progress:
                     stats.on_progress(feed, fstats)
         finally:
             reader.close()
-        _prune(state, lookback_days)
+        if rescan:
+            _record_rescan(state, listing, fstats, [*left, *retry], now)
+        _prune(state, run.lookback_days)
     finally:
         session.release()
+
+
+def _record_rescan(
+    state: dict[str, Any], listing: Listing, fstats: FeedStats, left: list[ReadyPartition], now: str
+) -> None:
+    """What this full listing found and did, for `elt status`. A rescan that leaves partitions to read (more than
+    one chunk, or a restated one that failed) continues from the oldest of them (the next chunk, or the next run)."""
+    if left:
+        state["rescan_from"] = min(r.partition.dt for r in left)
+        return
+    state.pop("rescan_from", None)
+    state["rescanned_at"] = now
+    not_loaded = [
+        *fstats.waiting,
+        *fstats.held,
+        *(f.split(": ", 1)[0] for f in fstats.failed),
+        *fstats.encrypted,
+    ]
+    state["last_rescan"] = {
+        "at": now,
+        "complete": listing.complete,
+        "not_loaded": not_loaded[:20],
+        "not_loaded_count": len(not_loaded),
+        "restated": fstats.restated[:20],
+        "restated_count": len(fstats.restated),
+    }
 
 
 def _read_partition(
@@ -258,6 +447,8 @@ def _read_partition(
         fstats.rows += batch.num_rows
         yield batch
     add_drift(fstats.drift, prepared.drift)
+    for key, values in prepared.set_aside.items():
+        fstats.keys_set_aside[key] = fstats.keys_set_aside.get(key, 0) + values
     if prepared.rejects:
         fstats.rejected += len(prepared.rejects)
         for r in prepared.rejects:
@@ -276,6 +467,7 @@ def _read_partition(
                 for r in prepared.rejects
             ],
             dlt.mark.make_hints(table_name=settings.REJECTS_TABLE, columns=REJECT_HINTS),
+            create_table_variant=True,  # the rows after these stay in the feed's table
         )
     fstats.files += len(files)
     fstats.bytes += sum(f.size for f in files)
@@ -287,7 +479,7 @@ def _prune(state: dict[str, Any], lookback_days: int) -> None:
     reaches back to the oldest partition still waiting, so what was loaded since then stays remembered."""
     horizon = _listing_start(state, None, lookback_days)
     if horizon is not None:
-        state["loaded"] = {k: v for k, v in state["loaded"].items() if _dt(k) >= horizon}
+        state["loaded"] = {k: v for k, v in state["loaded"].items() if (_key_date(k) or horizon) >= horizon}
 
 
 @dlt.source(name="asapp_sftp", section="asapp_sftp", max_table_nesting=0)
@@ -302,6 +494,8 @@ def asapp_sftp(
     feeds: Sequence[str] | None = None,
     since: str | None = None,
     lookback_days: int = settings.DEFAULT_LOOKBACK_DAYS,
+    rescan: bool = False,
+    rescan_hours: float = settings.DEFAULT_RESCAN_HOURS,
     accept_unknown_host: bool = False,
     max_bad_lines: int = settings.DEFAULT_MAX_BAD_LINES,
     max_partitions: int = settings.DEFAULT_MAX_PARTITIONS_PER_RUN,
@@ -309,11 +503,14 @@ def asapp_sftp(
     retry_wait_seconds: float = settings.DEFAULT_RETRY_WAIT_SECONDS,
     timeout_seconds: float = settings.DEFAULT_TIMEOUT_SECONDS,
     read_request_bytes: int = settings.DEFAULT_READ_REQUEST_BYTES,
+    max_line_bytes: int = settings.DEFAULT_MAX_LINE_BYTES,
+    max_depth: int = settings.DEFAULT_MAX_DEPTH,
+    max_inflated_bytes: int = settings.DEFAULT_MAX_INFLATED_BYTES,
     decrypt_command: str | None = None,
     gnupg_home: str | None = None,
     gnupg_passphrase: TSecretStrValue | None = dlt.secrets.value,
     column_types: Any = None,
-    landed: Any = None,
+    history: Any = None,
     stats: Any = None,
 ) -> list[DltResource]:
     """ASAPP Messaging feeds on SFTP, one append-only raw table per feed.
@@ -326,6 +523,9 @@ def asapp_sftp(
         feeds: feeds to load (default: every feed folder found).
         since: ignore partitions with dt before this date (YYYY-MM-DD).
         lookback_days: how many days before the last loaded dt are listed again for late partitions.
+        rescan: list every dt of the feeds (a rescan): load the partitions never loaded, and again those whose
+            files (names, sizes) or _SUCCESS changed since their load.
+        rescan_hours: a run rescans a feed by itself when its last rescan is older than this.
         accept_unknown_host: trust an unknown host key (never by default).
         max_bad_lines: bad lines a partition may have (they go to asapp_raw._rejects); more fail the partition.
         max_partitions: partitions per feed in this run (oldest first); `load_asapp` runs again for the rest.
@@ -333,15 +533,20 @@ def asapp_sftp(
             download retried, this many times, waiting retry_wait_seconds, then twice as long each time.
         timeout_seconds: a server silent for this long counts as a dropped connection.
         read_request_bytes: bytes per SFTP read request (128 KiB; 32768 for a server that answers less per request).
+        max_line_bytes, max_depth: a line longer than this, or nested deeper, is a rejected line (asapp_raw._rejects).
+        max_inflated_bytes: a gzip or .enc file that inflates to more than this fails its partition (retried).
         decrypt_command, gnupg_home, gnupg_passphrase: how `.enc` files are decrypted: GnuPG (`gpg --batch
             --decrypt`) with the keyring in gnupg_home (or decrypt_command "gpg": the default keyring) and the key's
             passphrase; or any other command reading the encrypted file on stdin and writing the plain file to
             stdout. Without either, partitions with `.enc` files are skipped and listed, never loaded as garbage.
         column_types: feed -> {column: canonical type} the values are cast to (anything with .get(feed), asked
             only when the feed has partitions to read; other columns land as text): a value that does not cast
-            lands in the row's _asapp_untyped as sent, and is counted (FeedStats.drift).
-        landed: feed -> {(version, partition time)} whose rows are already in the destination: never read again,
-            even if dlt's local state lost them (a process killed between committing a package and its state).
+            lands in the row's _asapp_untyped as sent, and is counted (FeedStats.drift). With .version(feed)
+            too, the feed's documented version: partitions of another version are counted (FeedStats.other_versions).
+        history: what the destination holds, the truth where dlt's local state lags it (a process killed between
+            committing a package and its state): .landed(feed, whole) -> {(version, partition time)} in the raw
+            table (whole: every dt, else the listing window), .fingerprints(feed) -> {partition key: fingerprint
+            of its last load}.
         stats: a LoadStats to fill with the run's counts.
     """
     since_date = date.fromisoformat(since) if since else None
@@ -365,16 +570,22 @@ def asapp_sftp(
     session = _Session(connection, run_stats)
     try:
 
-        def top_level(sftp: Any) -> tuple[list[str], Path | None]:
+        def top_level(sftp: Any) -> tuple[list[str], tuple[Path | None, str | None]]:
             try:
-                names = [e.filename for e in sftp.listdir_attr(base_path)]
+                entries = sftp.listdir_attr(base_path)
             except FileNotFoundError as e:
                 raise SftpError(f"base path {base_path!r} does not exist on {host}") from e
-            docs = fetch_export_docs(sftp, base_path) if settings.EXPORT_DOCS_NAME in names else None
+            names = [e.filename for e in entries if stat.S_ISDIR(e.st_mode or 0)]
+            docs: tuple[Path | None, str | None] = (None, None)
+            if any(e.filename == settings.EXPORT_DOCS_NAME and stat.S_ISREG(e.st_mode or 0) for e in entries):
+                docs = fetch_export_docs(sftp, base_path, untrusted.MAX_BYTES)
             return names, docs
 
-        names, run_stats.export_docs = session.listing.run(f"listing {base_path}", top_level)
-        available = sorted(n for n in names if settings.FEED_NAME.match(n))
+        names, (run_stats.export_docs, problem) = session.listing.run(f"listing {base_path}", top_level)
+        if problem:
+            run_stats.export_docs_problem = problem
+            log.warning("the server's %s", problem)
+        available = sorted(n for n in names if settings.FEED_NAME.fullmatch(n))
     except BaseException:
         session.close()
         raise
@@ -384,22 +595,26 @@ def asapp_sftp(
     session.users = len(selected)
     if not selected:
         session.release()
+    run = FeedRun(
+        base_path=base_path,
+        since=since_date,
+        lookback_days=int(lookback_days),
+        rescan=bool(rescan),
+        rescan_hours=float(rescan_hours),
+        max_bad_lines=int(max_bad_lines),
+        read_request_bytes=int(read_request_bytes),
+        max_partitions=int(max_partitions),
+        max_line_bytes=int(max_line_bytes),
+        max_depth=int(max_depth),
+        max_inflated_bytes=int(max_inflated_bytes),
+        decryptor=decryptor,
+        column_types=column_types,
+        history=history,
+        stats=run_stats,
+    )
     return [
         dlt.resource(
-            _feed_partitions(
-                session,
-                base_path,
-                feed,
-                since_date,
-                lookback_days,
-                max_bad_lines,
-                int(read_request_bytes),
-                max_partitions,
-                landed or {},
-                decryptor,
-                column_types,
-                run_stats,
-            ),
+            _feed_partitions(session, feed, run),
             name=feed,
             table_name=feed,
             write_disposition="append",

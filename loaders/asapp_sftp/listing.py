@@ -1,8 +1,12 @@
-"""Listing the export layout on SFTP: partitions (ready once their _SUCCESS exists, or waiting) and their files."""
+"""Listing the export layout on SFTP: partitions (ready once their _SUCCESS exists, waiting, or held back), their
+files and a fingerprint of what they hold. Every name is checked against the layout; any other is reported."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -47,39 +51,131 @@ class DataFile:
     size: int
 
 
+@dataclass(frozen=True)
+class ReadyPartition:
+    """A complete partition (its _SUCCESS exists) to read, with what it holds now."""
+
+    partition: Partition
+    files: list[DataFile]
+    fingerprint: str
+    restated: bool = False  # loaded before with other content: this load supersedes that one in staging
+
+
+@dataclass(frozen=True)
+class ListingScope:
+    """What one listing of a feed looks at.
+
+    A plain listing starts at `since` and does not open the folders of partitions already loaded (`loaded`, from
+    dlt's state, or `landed` in the raw tables), so its cost stays bounded by the window. A rescan (`fingerprints`
+    given: partition key -> fingerprint of its last load) opens every partition folder from `since` on and finds
+    the partitions never loaded and those whose content changed since their load.
+    """
+
+    since: date | None
+    loaded: frozenset[str] = frozenset()
+    landed: frozenset[tuple[str, datetime]] = frozenset()
+    fingerprints: dict[str, str] | None = None
+    hold_after: datetime | None = None  # partitions later than this are held back
+
+    @property
+    def rescan(self) -> bool:
+        return self.fingerprints is not None
+
+
 @dataclass
 class Listing:
-    ready: list[tuple[Partition, list[DataFile]]] = field(default_factory=list)
+    ready: list[ReadyPartition] = field(default_factory=list)
     waiting: list[Partition] = field(default_factory=list)  # no _SUCCESS yet
+    held: list[Partition] = field(default_factory=list)  # dated too far ahead of now: not loaded, reported
+    # in a rescan: loaded before fingerprints were recorded; their fingerprint is recorded, they are not read again
+    adopted: list[ReadyPartition] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # names that do not follow the documented layout
+    complete: int = 0  # partitions with their _SUCCESS listed (loaded or not)
 
 
-def _dirs(
-    sftp: paramiko.SFTPClient, path: str, pattern: settings.re.Pattern[str], listing: Listing
-) -> list[tuple[str, str]]:
-    """(value, name) of the sub-folders of path whose name matches pattern, sorted by value."""
+def shown(name: str) -> str:
+    """A remote name as it can be printed: as it is when plain, else Python's escaped form (a newline, a control
+    character or a look-alike digit then shows)."""
+    return name if name.isascii() and name.isprintable() else repr(name)
+
+
+def _valid(pattern: re.Pattern[str], name: str) -> str | None:
+    """The value of a folder name of the layout (version=, dt=, ...), or None when it is not one: the whole name
+    matches, and dt, hr and mi are real calendar values."""
+    m = pattern.fullmatch(name)
+    if m is None:
+        return None
+    value = m.group("value")
+    try:
+        if pattern is settings.DT_DIR:
+            date.fromisoformat(value)
+        elif pattern is settings.HR_DIR:
+            return value if int(value) <= 23 else None
+        elif pattern is settings.MI_DIR:
+            return value if int(value) <= 59 else None
+    except ValueError:
+        return None
+    return value
+
+
+def _entries(sftp: paramiko.SFTPClient, path: str, listing: Listing) -> list[paramiko.SFTPAttributes]:
+    """The entries of a folder; none, reported, when it vanished or cannot be read since it was listed."""
+    try:
+        return list(sftp.listdir_attr(path))
+    except (FileNotFoundError, PermissionError) as e:
+        listing.ignored.append(f"{shown(path)} (cannot be listed: {e.strerror or type(e).__name__})")
+        return []
+
+
+def _dirs(sftp: paramiko.SFTPClient, path: str, pattern: re.Pattern[str], listing: Listing) -> list[tuple[str, str]]:
+    """(value, name) of the sub-folders of path whose name is of the pattern's form, sorted by value; any other
+    name is reported as ignored."""
     found = []
-    for entry in sftp.listdir_attr(path):
-        m = pattern.match(entry.filename)
-        if m:
-            found.append((m.group("value"), entry.filename))
+    for entry in _entries(sftp, path, listing):
+        value = _valid(pattern, entry.filename) if stat.S_ISDIR(entry.st_mode or 0) else None
+        if value is not None:
+            found.append((value, entry.filename))
         elif not entry.filename.startswith("."):
-            listing.ignored.append(f"{path}/{entry.filename}")
+            listing.ignored.append(f"{shown(path)}/{shown(entry.filename)}")
     return sorted(found)
 
 
-def list_partitions(
-    sftp: paramiko.SFTPClient,
-    base_path: str,
-    feed: str,
-    since: date | None,
-    skip: set[str],
-    landed: set[tuple[str, datetime]] | None = None,
-) -> Listing:
-    """Partitions of a feed with dt >= since, not in skip, split into ready (_SUCCESS present) and waiting."""
+def fingerprint(files: list[DataFile], success: paramiko.SFTPAttributes) -> str:
+    """What a partition holds, in short: its data files' names and sizes and its _SUCCESS flag's time. ASAPP
+    re-exporting a partition changes one of them."""
+    digest = hashlib.sha256()
+    for f in sorted(files, key=lambda f: f.name):
+        digest.update(f"{f.name}\0{f.size}\n".encode())
+    digest.update(f"{settings.SUCCESS_FLAG}\0{success.st_mtime or 0}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _data_files(feed: str, path: str, entries: list[paramiko.SFTPAttributes], listing: Listing) -> list[DataFile]:
+    file_re = settings.data_file_pattern(feed)
+    files = []
+    for e in entries:
+        m = file_re.fullmatch(e.filename) if stat.S_ISREG(e.st_mode or 0) else None
+        if m:
+            split = m.group("split")
+            files.append(
+                DataFile(
+                    e.filename,
+                    int(split) if split is not None else None,
+                    bool(m.group("gz")),
+                    bool(m.group("enc")),
+                    e.st_size or 0,
+                )
+            )
+        elif e.filename != settings.SUCCESS_FLAG:
+            listing.ignored.append(f"{shown(path)}/{shown(e.filename)}")
+    files.sort(key=lambda f: (f.split if f.split is not None else -1, f.name))
+    return files
+
+
+def list_partitions(sftp: paramiko.SFTPClient, base_path: str, feed: str, scope: ListingScope) -> Listing:
+    """The partitions of a feed in scope, as ready (_SUCCESS present: to read), waiting, held back or adopted."""
     listing = Listing()
     feed_path = str(PurePosixPath(base_path) / feed)
-    file_re = settings.data_file_pattern(feed)
     for version, vname in _dirs(sftp, feed_path, settings.VERSION_DIR, listing):
         for fmt, fname in _dirs(sftp, f"{feed_path}/{vname}", settings.FORMAT_DIR, listing):
             if fmt not in settings.SUPPORTED_FORMATS:
@@ -87,43 +183,52 @@ def list_partitions(
                 continue
             fmt_path = f"{feed_path}/{vname}/{fname}"
             for dt, dname in _dirs(sftp, fmt_path, settings.DT_DIR, listing):
-                if since is not None and dt < since.isoformat():
+                if scope.since is not None and dt < scope.since.isoformat():
                     continue
                 for hr, hname in _dirs(sftp, f"{fmt_path}/{dname}", settings.HR_DIR, listing):
                     for mi, mname in _dirs(sftp, f"{fmt_path}/{dname}/{hname}", settings.MI_DIR, listing):
-                        path = f"{fmt_path}/{dname}/{hname}/{mname}"
-                        partition = Partition(feed, version, fmt, dt, hr, mi, path)
-                        if partition.key in skip or (landed and (version, partition.at_naive) in landed):
-                            continue
-                        entries = sftp.listdir_attr(path)
-                        names = {e.filename for e in entries}
-                        if settings.SUCCESS_FLAG not in names:
-                            listing.waiting.append(partition)
-                            continue
-                        files = []
-                        for e in entries:
-                            m = file_re.match(e.filename)
-                            if m:
-                                split = m.group("split")
-                                files.append(
-                                    DataFile(
-                                        e.filename,
-                                        int(split) if split is not None else None,
-                                        bool(m.group("gz")),
-                                        bool(m.group("enc")),
-                                        e.st_size or 0,
-                                    )
-                                )
-                            elif e.filename != settings.SUCCESS_FLAG:
-                                listing.ignored.append(f"{path}/{e.filename}")
-                        files.sort(key=lambda f: (f.split if f.split is not None else -1, f.name))
-                        listing.ready.append((partition, files))
+                        partition = Partition(feed, version, fmt, dt, hr, mi, f"{fmt_path}/{dname}/{hname}/{mname}")
+                        _list_partition(sftp, partition, scope, listing)
     return listing
 
 
-def fetch_export_docs(sftp: paramiko.SFTPClient, base_path: str) -> Path:
-    """Download the server's export_docs.yaml to a temporary file."""
+def _list_partition(sftp: paramiko.SFTPClient, partition: Partition, scope: ListingScope, listing: Listing) -> None:
+    if scope.hold_after is not None and partition.at > scope.hold_after:
+        listing.held.append(partition)
+        return
+    loaded = partition.key in scope.loaded or (partition.version, partition.at_naive) in scope.landed
+    if loaded and not scope.rescan:
+        return
+    entries = _entries(sftp, partition.path, listing)
+    success = next((e for e in entries if e.filename == settings.SUCCESS_FLAG), None)
+    if success is None:
+        listing.waiting.append(partition)
+        return
+    listing.complete += 1
+    files = _data_files(partition.feed, partition.path, entries, listing)
+    now = fingerprint(files, success)
+    if not scope.rescan:
+        listing.ready.append(ReadyPartition(partition, files, now))
+        return
+    before = (scope.fingerprints or {}).get(partition.key)
+    if before is None and loaded:
+        listing.adopted.append(ReadyPartition(partition, files, now))
+    elif before is None:
+        listing.ready.append(ReadyPartition(partition, files, now))
+    elif before != now:
+        listing.ready.append(ReadyPartition(partition, files, now, restated=True))
+
+
+def fetch_export_docs(sftp: paramiko.SFTPClient, base_path: str, max_bytes: int) -> tuple[Path | None, str | None]:
+    """The server's export_docs.yaml downloaded to a temporary file, or why it was not (larger than max_bytes)."""
+    remote = str(PurePosixPath(base_path) / settings.EXPORT_DOCS_NAME)
     fd, name = tempfile.mkstemp(prefix=runtime.scratch_prefix("export-docs"), suffix=".yaml")
-    os.close(fd)
-    sftp.get(str(PurePosixPath(base_path) / settings.EXPORT_DOCS_NAME), name)
-    return Path(name)
+    with os.fdopen(fd, "wb") as target, sftp.open(remote, "rb") as source:
+        # read to the cap, whatever size the server lists: a file may grow while it is read
+        data = source.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            target.close()
+            Path(name).unlink()
+            return None, f"{settings.EXPORT_DOCS_NAME} is larger than {max_bytes} bytes: not read"
+        target.write(data)
+    return Path(name), None

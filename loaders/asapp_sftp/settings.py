@@ -8,20 +8,30 @@ EXPORT_DOCS_NAME = "export_docs.yaml"
 SUPPORTED_FORMATS = ("jsonl", "json", "jsonlines")
 # Partitions are looked for from (last loaded dt - lookback) on; older dt folders are not listed again.
 DEFAULT_LOOKBACK_DAYS = 2
+# A plain run lists every dt folder again (a rescan: late and restated partitions) when the last rescan of the
+# feed is older than this.
+DEFAULT_RESCAN_HOURS = 24.0
+# A partition dated further ahead of now than this is held back (reported, never loaded, never moving the
+# listing's start), so one mis-dated folder cannot stop a feed.
+FUTURE_TOLERANCE_HOURS = 24
+# Partition loads recorded in the raw dataset: what each load read (its fingerprint) and whether it was a restatement.
+PARTITIONS_TABLE = "_partitions"
 # Rows per Arrow batch handed to dlt: bounds memory whatever the file size.
 BATCH_ROWS = 100_000
 
-VERSION_DIR = re.compile(r"^version=(?P<value>[0-9A-Za-z_.-]+)$")
-FORMAT_DIR = re.compile(r"^format=(?P<value>[0-9A-Za-z_.-]+)$")
-DT_DIR = re.compile(r"^dt=(?P<value>\d{4}-\d{2}-\d{2})$")
-HR_DIR = re.compile(r"^hr=(?P<value>\d{2})$")
-MI_DIR = re.compile(r"^mi=(?P<value>\d{2})$")
-FEED_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+# Folder names are matched whole (re.fullmatch: `$` would also match before a trailing newline) and in ASCII
+# only (`\d` would also match other scripts' digits); dt, hr and mi must also be real calendar values (listing.py).
+VERSION_DIR = re.compile(r"version=(?P<value>[0-9A-Za-z_.-]+)", re.ASCII)
+FORMAT_DIR = re.compile(r"format=(?P<value>[0-9A-Za-z_.-]+)", re.ASCII)
+DT_DIR = re.compile(r"dt=(?P<value>[0-9]{4}-[0-9]{2}-[0-9]{2})", re.ASCII)
+HR_DIR = re.compile(r"hr=(?P<value>[0-9]{2})", re.ASCII)
+MI_DIR = re.compile(r"mi=(?P<value>[0-9]{2})", re.ASCII)
+FEED_NAME = re.compile(r"[a-z][a-z0-9_]*", re.ASCII)
 
 
 def data_file_pattern(feed: str) -> "re.Pattern[str]":
     """FEED.jsonl[.NN][.gz][.enc]"""
-    return re.compile(rf"^{re.escape(feed)}\.jsonl(?:\.(?P<split>\d{{2,}}))?(?P<gz>\.gz)?(?P<enc>\.enc)?$")
+    return re.compile(rf"{re.escape(feed)}\.jsonl(?:\.(?P<split>[0-9]{{2,}}))?(?P<gz>\.gz)?(?P<enc>\.enc)?", re.ASCII)
 
 
 # A partition with more bad lines than this fails as a whole (and is retried); fewer go to asapp_raw._rejects.
@@ -31,7 +41,6 @@ REJECTS_TABLE = "_rejects"
 # Partitions per feed in one dlt run: a long backfill is loaded (and committed) in chunks of this size, which
 # bounds memory however many partitions are waiting (4320 small partitions in one run peaked at 1.7 GB).
 DEFAULT_MAX_PARTITIONS_PER_RUN = 500
-MAX_LINE_BYTES = 256 * 1024 * 1024  # longest JSON line DuckDB is asked to read (its default is 16 MB)
 # A dropped connection (server restarted, connection reset) is re-opened and the operation retried: this many
 # attempts per operation, waiting 2 s, 4 s, 8 s... (with jitter) in between, about a minute in all.
 DEFAULT_RETRY_ATTEMPTS = 6

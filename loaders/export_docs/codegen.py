@@ -39,8 +39,11 @@ FRESHNESS = {
     "daily": {"warn_after": {"count": 36, "period": "hour"}, "error_after": {"count": 72, "period": "hour"}},
 }
 
+# The insertion order, after the feed's ordering key: the later partition, then, within one partition, its later
+# load (a restated partition, loaded again, supersedes its earlier load), then split, file and line.
 INSERTION_ORDER = [
     "_asapp_partition_at desc",
+    "_asapp_loaded_at desc",
     "_asapp_split desc nulls last",
     "_asapp_file desc",
     "_asapp_line desc",
@@ -257,7 +260,7 @@ def staging_sql(feed: Feed) -> str:
         incremental_filter = (
             "\n    {% if is_incremental() %}\n"
             "        -- only rows loaded since the last run\n"
-            "        where _asapp_loaded_at > (\n"
+            "        and _asapp_loaded_at > (\n"
             "                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as "
             "{{ dbt.type_timestamp() }}))\n"
             "                from {{ this }} as this_model\n"
@@ -302,7 +305,9 @@ source as (
     select *
     from (
         {{{{ asapp_raw_source(source('{SOURCE_NAME}', '{feed.name}'), columns) }}}}
-    ) as raw_rows{incremental_filter}
+    ) as raw_rows
+    -- the documented version only: rows of another version= folder stay in raw (the load warns)
+    where _asapp_version = '{feed.version}'{incremental_filter}
 
 ),
 

@@ -126,7 +126,9 @@ def test_a_raw_column_created_as_text_stays_text(exports: Path, warehouse: Wareh
     # a raw table an earlier version loaded holds documented columns as text: later loads keep them text (a raw
     # column never changes type), and staging casts them
     earlier = dlt.resource(
-        pa.table({"issue_id": ["1"], "instance_ts": ["2026-10-31 09:00:00"], "_asapp_line": [1]}),
+        pa.table(
+            {"issue_id": ["1"], "instance_ts": ["2026-10-31 09:00:00"], "_asapp_version": ["1"], "_asapp_line": [1]}
+        ),
         name="convos_intents",
     )
     runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET).run(earlier, loader_file_format="parquet")
@@ -316,8 +318,9 @@ def test_status_shows_what_is_loaded(exports: Path, warehouse: Warehouse) -> Non
     assert result.returncode == 0, result.stderr
     line = next(x for x in result.stdout.splitlines() if "convos_intents" in x)
     cells = [c.strip() for c in line.split("│")][1:-1]
-    feed, n_rows, latest, _, waiting, sync, fresh = cells
-    assert (feed, n_rows, latest, waiting, sync) == ("convos_intents", "3", "2026-11-01 10:00", "1", "1h")
+    feed, n_rows, latest, _, waiting, sync, _, fresh, _, not_loaded, restated = cells
+    assert (feed, n_rows, latest, waiting, sync) == ("convos_intents", "3", "2026-11-01 10:00", "1", "1h (hourly)")
+    assert (not_loaded, restated) == ("1", "0")  # the first listing is whole: it found the partition waiting
     assert fresh == "no"  # the latest partition is weeks older than an hourly feed's 3 h
     assert "never loaded" in result.stdout
 

@@ -42,6 +42,8 @@ source as (
     from (
         {{ asapp_raw_source(source('asapp', 'customer_params'), columns) }}
     ) as raw_rows
+    -- the documented version only: rows of another version= folder stay in raw (the load warns)
+    where _asapp_version = '1'
 
 ),
 
@@ -88,6 +90,7 @@ deduplicated as (
         order_by=[
             'event_ts desc nulls last',
             '_asapp_partition_at desc',
+            '_asapp_loaded_at desc',
             '_asapp_split desc nulls last',
             '_asapp_file desc',
             '_asapp_line desc',

@@ -51,9 +51,11 @@ source as (
     from (
         {{ asapp_raw_source(source('asapp', 'issue_queues'), columns) }}
     ) as raw_rows
+    -- the documented version only: rows of another version= folder stay in raw (the load warns)
+    where _asapp_version = '1'
     {% if is_incremental() %}
         -- only rows loaded since the last run
-        where _asapp_loaded_at > (
+        and _asapp_loaded_at > (
                 select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
                 from {{ this }} as this_model
             )
@@ -114,6 +116,7 @@ candidates as (
             '_asapp_file',
             '_asapp_split',
             '_asapp_line',
+            '_asapp_loaded_at',
         ]) }}
     {% endif %}
 
@@ -126,6 +129,7 @@ deduplicated as (
         partition_by=['_asapp_record_key'],
         order_by=[
             '_asapp_partition_at desc',
+            '_asapp_loaded_at desc',
             '_asapp_split desc nulls last',
             '_asapp_file desc',
             '_asapp_line desc',

@@ -30,6 +30,8 @@ source as (
     from (
         {{ asapp_raw_source(source('asapp', 'rep_hierarchy'), columns) }}
     ) as raw_rows
+    -- the documented version only: rows of another version= folder stay in raw (the load warns)
+    where _asapp_version = '1'
 
 ),
 
@@ -63,6 +65,7 @@ deduplicated as (
         partition_by=['_asapp_record_key'],
         order_by=[
             '_asapp_partition_at desc',
+            '_asapp_loaded_at desc',
             '_asapp_split desc nulls last',
             '_asapp_file desc',
             '_asapp_line desc',
