@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -16,10 +17,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from loaders import runtime
-
-# dagster-dbt (the orchestration extra) installs sqlglot[rs], which sqlglot 29 warns about on import (dlt imports
-# sqlglot): a line on every command that no user of `elt` can act on.
-warnings.filterwarnings("ignore", message=r"sqlglot\[rs\] is deprecated", category=UserWarning)
 
 app = typer.Typer(
     help="ASAPP and APSIS data into your warehouse (dlt + dbt), documented and tested.",
@@ -43,6 +40,11 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every partition read.")] = False,
 ) -> None:
     _state["debug"] = debug
+    if not debug:
+        # a library's warning (dlt's logger, Python warnings from pyarrow, sqlglot...) names nothing a user of `elt`
+        # can act on: errors still show, and --debug shows everything
+        os.environ.setdefault("RUNTIME__LOG_LEVEL", "ERROR")
+        warnings.filterwarnings("ignore")
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(
         level=logging.WARNING,
@@ -70,6 +72,14 @@ def _root_cause(error: BaseException) -> BaseException:
 def _fail(error: BaseException) -> NoReturn:
     if _state["debug"]:
         raise error
+    from loaders.config_errors import missing_settings
+
+    missing = missing_settings(error)  # dlt's own message lists every key it tried (63 lines for the SFTP source)
+    if missing:
+        console.print(f"[bold red]error:[/] {escape(missing[0])}", soft_wrap=True)
+        for line in missing[1:]:
+            console.print(escape(line), soft_wrap=True)
+        raise typer.Exit(1)
     cause = _root_cause(error)
     console.print(f"[bold red]error:[/] {escape(str(cause))}")
     if not type(cause).__module__.startswith("loaders"):  # ours say what to fix; others may need the trace
@@ -103,7 +113,7 @@ def _print_load_summary(stats: Any) -> None:
         table.add_column(col, justify="left" if col == "feed" else "right")
     for feed, s in sorted(stats.feeds.items()):
         table.add_row(
-            feed,
+            escape(feed),
             str(s.partitions_loaded),
             str(s.partitions_waiting),
             str(len(s.failed)),
@@ -130,13 +140,39 @@ def _print_load_summary(stats: Any) -> None:
                 f"[yellow]{feed}: {len(s.encrypted)} encrypted partition(s) skipped: no decryptor configured "
                 "(SOURCES__ASAPP_SFTP__GNUPG_HOME or __DECRYPT_COMMAND)[/]"
             )
+        for key, count in sorted(s.keys_set_aside.items()):
+            out.print(
+                f"[yellow]key set aside[/] {feed}: {escape(repr(key))} ({count} value(s)) would overwrite or share a "
+                f"column: kept as sent in asapp_raw.{feed}._asapp_extra"
+            )
+        for key in s.restated:
+            out.print(f"[yellow]restated[/] {feed} {escape(key)}: re-exported since its load, loaded again")
+        for key in s.held:
+            out.print(f"[yellow]held back[/] {feed} {escape(key)}: dated more than a day ahead of now, not loaded")
+        if s.other_versions:
+            out.print(
+                f"[yellow]{feed}: partitions of version {', '.join(sorted(map(escape, s.other_versions)))} loaded to "
+                f"asapp_raw.{feed}, but export_docs.yaml documents another version: staging keeps the documented "
+                "version only. Update export_docs.yaml (the server's copy, after `elt schema-diff`), then `elt "
+                "generate` and `elt build --full-refresh`[/]"
+            )
     if stats.schema_changes:
         out.print(
             f"[yellow]the server's export_docs.yaml differs from the project's ({len(stats.schema_changes)} "
             "change(s)): see the warning above[/]"
         )
+    if getattr(stats, "export_docs_problem", None):
+        out.print(f"[yellow]the server's {escape(stats.export_docs_problem)}[/]")
     if stats.ignored:
-        out.print(f"[yellow]{len(stats.ignored)} name(s) outside ASAPP's layout were ignored[/] (see --verbose)")
+        out.print(f"[yellow]{len(stats.ignored)} name(s) outside ASAPP's layout were ignored:[/]")
+        for name in stats.ignored[:5]:
+            out.print(f"  {escape(name)}")
+        if len(stats.ignored) > 5:
+            out.print(f"  ... and {len(stats.ignored) - 5} more (see the warnings above)")
+    rescanned = sorted(feed for feed, s in stats.feeds.items() if s.rescanned)
+    if rescanned:
+        shown = ", ".join(rescanned) if len(rescanned) <= 5 else f"{len(rescanned)} feeds"
+        out.print(f"rescanned (every dt listed, late and restated partitions looked for): {shown}")
 
 
 def _print_staging_summary(feeds: list[str]) -> None:
@@ -186,6 +222,14 @@ def load_asapp(
         int | None,
         typer.Option(help="Bad lines a partition may have (they go to asapp_raw._rejects); more fail it. Default 10."),
     ] = None,
+    rescan: Annotated[
+        bool,
+        typer.Option(
+            "--rescan",
+            help="List every dt: load late partitions and those re-exported since their load (a run does this "
+            "by itself every SOURCES__ASAPP_SFTP__RESCAN_HOURS, default 24).",
+        ),
+    ] = False,
 ) -> None:
     """SFTP feeds -> raw tables in schema asapp_raw (one per feed), incrementally, exactly once.
 
@@ -195,7 +239,7 @@ def load_asapp(
     from loaders.pipelines import load_asapp as run
 
     feed_list = [f.strip() for f in feeds.split(",") if f.strip()] if feeds else None
-    stats = _load_with_progress(run, feed_list, since, strict, max_bad_lines=max_bad_lines)
+    stats = _load_with_progress(run, feed_list, since, strict, max_bad_lines=max_bad_lines, rescan=rescan)
     _print_load_summary(stats)
     _fail_on_failed_partitions(stats)
 
@@ -232,9 +276,12 @@ def generate(
 ) -> None:
     """export_docs.yaml -> dbt sources, staging models, docs and tests for every ASAPP feed."""
     from loaders.export_docs import codegen, load_export_docs
+    from loaders.export_docs.untrusted import read_untrusted
 
     project = runtime.project_dir()
-    docs = _guard(lambda: load_export_docs(export_docs or project / "export_docs.yaml"))
+    # another file than the project's may be one a server shipped: read guarded, as `elt load` reads it
+    path = export_docs or project / "export_docs.yaml"
+    docs = _guard(lambda: read_untrusted(path) if export_docs else load_export_docs(path))
     result = codegen.write(docs, project, check=check)
     if check:
         problems = result.stale + result.orphaned
@@ -316,12 +363,28 @@ def status(
     all_feeds: Annotated[bool, typer.Option("--all", help="Also list the feeds never loaded.")] = False,
 ) -> None:
     """What has been loaded per ASAPP feed: rows, latest partition, freshness against its sync time."""
+    from loaders.export_docs.catalog import read_catalog
     from loaders.pipelines import asapp_status
 
     feeds = _guard(asapp_status)
+    catalog = read_catalog(runtime.project_dir())  # cadence and PII columns (seeds/asapp_feed_catalog.csv)
     table = Table(title="asapp feeds")
-    for col in ("feed", "rows", "latest partition", "last loaded", "waiting for _SUCCESS", "sync", "fresh"):
-        table.add_column(col, justify="left" if col in ("feed", "latest partition", "last loaded") else "right")
+    columns = (
+        "feed",
+        "rows",
+        "latest partition",
+        "last loaded",
+        "waiting",
+        "sync",
+        "pii columns",
+        "fresh",
+        "rescanned",
+        "not loaded",
+        "restated",
+    )
+    for col in columns:
+        left = col in ("feed", "latest partition", "last loaded", "rescanned", "pii columns")
+        table.add_column(col, justify="left" if left else "right")
     for f in feeds:
         if f.fresh is None and not all_feeds:
             continue
@@ -332,13 +395,43 @@ def status(
             f"{f.latest_partition:%Y-%m-%d %H:%M}" if f.latest_partition else "-",
             f"{f.last_loaded_at:%Y-%m-%d %H:%M}" if f.last_loaded_at else "-",
             str(f.waiting),
-            f.sync_time,
+            f"{f.sync_time} ({catalog[f.feed].cadence})" if f.feed in catalog else f.sync_time,
+            escape(" ".join(catalog[f.feed].pii_columns)) if f.feed in catalog else "?",
             fresh,
+            escape(f.rescanned_at[:16].replace("T", " ")) if f.rescanned_at else "-",
+            str(f.not_loaded),
+            str(f.restated),
         )
     out.print(table)
     never = sum(1 for f in feeds if f.fresh is None)
     if never and not all_feeds:
         out.print(f"{never} documented feed(s) never loaded (--all lists them)")
+    out.print(
+        "waiting: partitions without _SUCCESS yet. rescanned: the last full listing of the feed's dt folders; not "
+        "loaded: what it found and did not load (waiting, held back, failed, encrypted); restated: what it loaded "
+        "again, re-exported since its load. `elt load asapp --rescan` lists every dt now."
+    )
+
+
+@app.command()
+def sql(
+    statement: Annotated[str, typer.Argument(help='e.g. "select * from staging.stg_asapp__utterances limit 5"')],
+    db: Annotated[
+        Path | None, typer.Option("--db", help="The DuckDB file (default: ELT_DUCKDB_PATH, warehouse/asapp.duckdb).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Rows shown at most.")] = 100,
+) -> None:
+    """Query the DuckDB warehouse, read-only, and show the rows as a table."""
+    from loaders.warehouse_sql import query
+
+    result = _guard(lambda: query(statement, db, limit))
+    table = Table()
+    for column in result.columns:
+        table.add_column(escape(column))
+    for row in result.rows:  # values are data, never Rich markup
+        table.add_row(*("[dim]null[/]" if v is None else escape(str(v)) for v in row))
+    out.print(table)
+    out.print(f"{len(result.rows)} row(s)" + (f", more not shown (--limit {limit})" if result.more else ""))
 
 
 @app.command()
@@ -402,10 +495,14 @@ def _print_push_summary(stats: Any, dry_run: bool) -> None:
 
 
 @app.command()
-def run() -> None:
+def run(ctx: typer.Context) -> None:
     """The main job: load asapp, load apsis (when configured), dbt build, push (when ASAPP_API__BASE_URL is set)."""
     from loaders.pipelines import load_apsis as run_apsis
     from loaders.pipelines import load_asapp as run_asapp
+    from loaders.run_lock import run_lock
+
+    # held until the command ends: a second `elt run` must not load while this one builds or pushes
+    _guard(lambda: ctx.with_resource(run_lock("run", "elt run")))
 
     stats = _load_with_progress(run_asapp, None, None)
     _print_load_summary(stats)
@@ -440,7 +537,7 @@ def demo(
     if summary.push is not None:
         _print_push_summary(summary.push, dry_run=False)
     for line in summary.notes():
-        out.print(line)
+        out.print(line, soft_wrap=True)  # unwrapped: its commands are copied as printed
     if not summary.ok:
         raise typer.Exit(1)
 

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 from loaders import runtime
 from loaders.asapp_metadata import columnar, settings
 from loaders.asapp_metadata.helpers import Batch, MetadataClient, Outcomes, PushError, build_item, validate_item
+from loaders.run_lock import locked
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ def _api_config() -> tuple[str, str, str]:
     return str(base_url), str(api_id), str(api_secret)
 
 
+@locked(PIPELINE, "elt push")
 def push(dry_run: bool = False, on_progress: Callable[[int, int], None] | None = None) -> PushStats:
     """Push new and changed customer_metadata rows; log every outcome. Returns the counts.
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from loaders.export_docs.catalog import CATALOG_PATH, catalog_csv
 from loaders.export_docs.model import (
     CANONICAL_TYPE,
     ExportDocs,
@@ -133,6 +134,17 @@ def _freshness(feed: Feed) -> dict[str, Any]:
     return FRESHNESS["hourly" if feed.is_hourly else "daily"]
 
 
+def tags(feed: Feed) -> list[str]:
+    """dbt tags of a feed's source table and staging model, to select by (`dbt build -s tag:hourly`) and to filter
+    the docs site: its cadence, `pii` when a column holds personal data, `deprecated` when ASAPP retired the feed."""
+    found = ["hourly" if feed.is_hourly else "daily"]
+    if any(c.pii for c in feed.columns):
+        found.append("pii")
+    if feed.deprecated:
+        found.append("deprecated")
+    return found
+
+
 def _key_description(feed: Feed) -> str:
     ordering = feed.ordering_key or "none published (insertion order decides)"
     return (
@@ -150,7 +162,7 @@ def sources_yaml(docs: ExportDocs) -> str:
                 "description": (feed.description or f"ASAPP feed {feed.name}.")
                 + f" Raw export rows, every version of every record ({_key_description(feed)}).",
                 "meta": {"asapp_feed": feed.name, "sync_time": feed.sync_time, "feed_version": feed.version},
-                "config": {"freshness": _freshness(feed)},
+                "config": {"freshness": _freshness(feed), "tags": tags(feed)},
                 "data_tests": [
                     {
                         "asapp_cast_failures": {
@@ -222,6 +234,7 @@ def models_yaml(docs: ExportDocs) -> str:
                     "sync_time": feed.sync_time,
                     "feed_version": feed.version,
                 },
+                "config": {"tags": tags(feed)},
                 "data_tests": [{"asapp_unique_combination": {"arguments": {"columns": list(feed.unique_key)}}}],
                 "columns": columns,
             }
@@ -348,6 +361,7 @@ def generate(docs: ExportDocs) -> list[GeneratedFile]:
         GeneratedFile(STAGING_DIR / "_asapp__models.yml", models_yaml(docs)),
     ]
     files += [GeneratedFile(STAGING_DIR / f"stg_asapp__{feed.name}.sql", staging_sql(feed)) for feed in docs]
+    files.append(GeneratedFile(CATALOG_PATH, catalog_csv(docs)))  # the seed of the feed catalog
     return files
 
 
@@ -382,6 +396,7 @@ def write(docs: ExportDocs, project_dir: Path, check: bool = False) -> GenerateR
         for f in files:
             target = project_dir / f.path
             if target in stale:
+                target.parent.mkdir(parents=True, exist_ok=True)  # seeds/ as well as the staging folder
                 target.write_text(f.content, encoding="utf-8")
                 written.append(target)
         for p in orphaned:

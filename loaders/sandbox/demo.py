@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -31,6 +33,7 @@ class FeedCounts:
 @dataclass
 class DemoSummary:
     duckdb_path: Path
+    pipelines_dir: Path
     docs_path: Path
     seconds: float
     ok: bool
@@ -63,13 +66,33 @@ class DemoSummary:
         return table
 
     def notes(self) -> list[str]:
+        """The closing lines: where things are and commands to look at them, each runnable as printed (from the
+        folder the demo was started in, with the venv's own commands: the venv has no `duckdb` command line)."""
         status = "[green]dbt build passed[/]" if self.ok else "[red]dbt build failed[/]"
+        db, pipelines = _shown(self.duckdb_path), _shown(self.pipelines_dir)
+        query = "select issue_id, final_intent_code, instance_ts from staging.stg_asapp__convos_intents limit 5"
         return [
             f"{status} in {self.seconds:.0f} s",
-            f"warehouse: {self.duckdb_path}  (e.g. duckdb {self.duckdb_path} "
-            f"-c 'select * from staging.stg_asapp__convos_intents limit 5')",
-            f"docs site: {self.docs_path}  (elt docs --serve)",
+            f"warehouse: {db}",
+            f"  query it: {_venv_command('elt')} sql --db {db} {shlex.quote(query)}",
+            f"  dlt's view of a load: {_venv_command('dlt')} pipeline --pipelines-dir {pipelines} asapp_sftp info",
+            f"docs site: {_shown(self.docs_path)} (one file: open it in a browser), "
+            f"or serve it: {_venv_command('dbt')} docs serve",
         ]
+
+
+def _shown(path: Path) -> str:
+    """path as a user types it: relative to the working folder when it is inside, quoted for the shell."""
+    try:
+        shown = str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        shown = str(path)
+    return shlex.quote(shown)
+
+
+def _venv_command(name: str) -> str:
+    """A command of the venv `elt` runs from (dbt and dlt are installed beside it)."""
+    return _shown(Path(sys.executable).parent / name)
 
 
 def run_demo(base: Path, days: int = 3) -> DemoSummary:
@@ -92,15 +115,21 @@ def run_demo(base: Path, days: int = 3) -> DemoSummary:
         os.environ.update(apsis_api.env())
         os.environ["SOURCES__APSIS__POLL_INITIAL_INTERVAL"] = "0.2"
         load_apsis(start_at=(tree_start - timedelta(days=7)).isoformat(), end_at=tree_end.isoformat())
-    ok = runtime.run_dbt(["--quiet", "build"]) and runtime.run_dbt(["--quiet", "docs", "generate"])
+    # --static: the site as one file, which a browser opens from disk
+    ok = runtime.run_dbt(["--quiet", "build"]) and runtime.run_dbt(["--quiet", "docs", "generate", "--static"])
     if ok:
         from loaders.asapp_metadata import push
 
         with AsappApiEmulator(reject_customers={"900013"}) as asapp_api:  # one customer ASAPP does not know
             os.environ.update(asapp_api.env())
             pushed = push()
+    target = Path(os.environ.get("DBT_TARGET_PATH") or runtime.project_dir() / "target")
     summary = DemoSummary(
-        runtime.duckdb_path(), runtime.project_dir() / "target" / "index.html", time.monotonic() - started, ok
+        runtime.duckdb_path(),
+        runtime.pipelines_dir(),
+        runtime.project_dir() / target / "static_index.html",
+        time.monotonic() - started,
+        ok,
     )
     with duckdb.connect(str(runtime.duckdb_path())) as con:  # dbt-duckdb keeps its own open
         for feed in DEMO_FEEDS:
