@@ -271,13 +271,13 @@ def staging_sql(feed: Feed) -> str:
     dedup_columns = "staged_columns"
     if materialized == "incremental":
         incremental_filter = (
-            "\n    {% if is_incremental() %}\n"
-            "        -- only rows loaded since the last run\n"
-            "        and _asapp_loaded_at > (\n"
+            "\n        {% if is_incremental() %}\n"
+            "            -- only rows loaded since the last run\n"
+            "            and _asapp_loaded_at > (\n"
             "                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as "
             "{{ dbt.type_timestamp() }}))\n"
             "                from {{ this }} as this_model\n"
-            "            )\n    {% endif %}"
+            "            )\n        {% endif %}"
         )
         staged_names = [*feed.column_names, "_asapp_record_key", *lineage_names]
         deciding = {"_asapp_record_key", *(ordering_columns(feed.ordering_key) if ordering else []), *INSERTION_COLUMNS}
@@ -320,7 +320,8 @@ source as (
         {{{{ asapp_raw_source(source('{SOURCE_NAME}', '{feed.name}'), columns) }}}}
     ) as raw_rows
     -- the documented version only: rows of another version= folder stay in raw (the load warns)
-    where _asapp_version = '{feed.version}'{incremental_filter}
+    where
+        _asapp_version = '{feed.version}'{incremental_filter}
 
 ),
 

@@ -49,14 +49,15 @@ source as (
         {{ asapp_raw_source(source('asapp', 'issue_callback_3d'), columns) }}
     ) as raw_rows
     -- the documented version only: rows of another version= folder stay in raw (the load warns)
-    where _asapp_version = '1'
-    {% if is_incremental() %}
-        -- only rows loaded since the last run
-        and _asapp_loaded_at > (
+    where
+        _asapp_version = '1'
+        {% if is_incremental() %}
+            -- only rows loaded since the last run
+            and _asapp_loaded_at > (
                 select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as {{ dbt.type_timestamp() }}))
                 from {{ this }} as this_model
             )
-    {% endif %}
+        {% endif %}
 
 ),
 

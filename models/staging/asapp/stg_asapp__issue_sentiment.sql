@@ -31,7 +31,8 @@ source as (
         {{ asapp_raw_source(source('asapp', 'issue_sentiment'), columns) }}
     ) as raw_rows
     -- the documented version only: rows of another version= folder stay in raw (the load warns)
-    where _asapp_version = '1'
+    where
+        _asapp_version = '1'
 
 ),
 
