@@ -12,7 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from loaders import runtime
+from loaders import contract, runtime
 from loaders.asapp_sftp import FeedStats, LoadStats, asapp_sftp
 from loaders.asapp_sftp.settings import PARTITIONS_TABLE
 from loaders.export_docs import load_export_docs
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ASAPP_PIPELINE = "asapp_sftp"
-ASAPP_DATASET = "asapp_raw"
+ASAPP_DATASET = contract.RAW_SCHEMA
 
 
 RowKey = Callable[[str], Sequence[str] | None]  # table -> columns unique per row (None: not checked)
@@ -79,7 +79,7 @@ def asapp_row_key(table: str) -> Sequence[str]:
         return ("partition", "file", "line")
     if table == PARTITIONS_TABLE:
         return ("feed", "partition", "loaded_at")
-    return ("_asapp_version", "_asapp_partition_at", "_asapp_file", "_asapp_line")
+    return (contract.VERSION.name, contract.PARTITION_AT.name, contract.FILE.name, contract.LINE.name)
 
 
 APSIS_ROW_KEYS = {
@@ -321,11 +321,8 @@ def _run_asapp(pipeline: Any, options: dict[str, Any], stats: LoadStats, strict:
         log.info("%s", info)
 
 
-# A feed is fresh while its latest partition is younger than this (the sources' warn_after thresholds).
-FRESHNESS_LIMIT = {"hourly": timedelta(hours=3), "daily": timedelta(hours=36)}
-
 APSIS_PIPELINE = "apsis"
-APSIS_DATASET = "apsis_raw"
+APSIS_DATASET = contract.APSIS_RAW_SCHEMA
 
 
 @locked(APSIS_PIPELINE, "elt load apsis")
@@ -378,7 +375,8 @@ def asapp_status() -> list[FeedStatus]:
                 f"select count(*), max(_asapp_partition_at), max(_asapp_loaded_at) from {table}"
             ) as cursor:
                 rows, latest, last_loaded = cursor.fetchone()
-            limit = FRESHNESS_LIMIT["hourly" if sync.endswith("h") else "daily"]
+            # fresh while its latest partition is younger than the source's warn_after
+            limit = contract.FRESHNESS[contract.cadence(sync)].warn_after
             fresh = latest is not None and now - latest.replace(tzinfo=None) <= limit
             waiting = len(state.get(feed, {}).get("waiting", {}))
             result.append(
@@ -398,7 +396,7 @@ def staging_counts(feeds: Sequence[str]) -> dict[str, tuple[int, int]]:
             try:
                 with client.execute_query(
                     f"select (select count(*) from {client.make_qualified_table_name(feed)}), "
-                    f"(select count(*) from staging.stg_asapp__{feed})"
+                    f"(select count(*) from {contract.STAGING_SCHEMA}.stg_asapp__{feed})"
                 ) as cursor:
                     raw, staged = cursor.fetchone()
             except Exception:  # a feed without a staging model (not in export_docs.yaml)

@@ -25,6 +25,7 @@ from dlt.common.schema.typing import TColumnSchema
 from dlt.common.typing import TSecretStrValue
 from dlt.sources import DltResource
 
+from loaders import contract
 from loaders.asapp_sftp import settings
 from loaders.asapp_sftp.connection import (
     RetryPolicy,
@@ -67,18 +68,7 @@ REJECT_HINTS: dict[str, TColumnSchema] = {
     "rejected_at": {"data_type": "timestamp", "timezone": False},
 }
 
-# Lineage timestamps are UTC without a zone, like the export's own timestamps once staged.
-LINEAGE_HINTS: dict[str, TColumnSchema] = {
-    "_asapp_feed": {"data_type": "text"},
-    "_asapp_version": {"data_type": "text"},
-    "_asapp_partition_at": {"data_type": "timestamp", "timezone": False},
-    "_asapp_file": {"data_type": "text"},
-    "_asapp_split": {"data_type": "bigint"},
-    "_asapp_line": {"data_type": "bigint"},
-    "_asapp_loaded_at": {"data_type": "timestamp", "timezone": False},
-    "_asapp_untyped": {"data_type": "text"},  # values that did not cast to their column's type, as JSON
-    "_asapp_extra": {"data_type": "text"},  # keys set aside (a lineage name, a second key for a column), as JSON
-}
+LINEAGE_HINTS: dict[str, TColumnSchema] = {c.name: c.hint for c in contract.RAW_LINEAGE}
 
 
 # One row per partition load (asapp_raw._partitions), in the same package as the partition's rows: what the load

@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 from zlib_ng import zlib_ng
 
-from loaders import runtime
+from loaders import contract, runtime
 from loaders.asapp_sftp import settings
 from loaders.asapp_sftp.connection import SftpChannel, SftpConnection, SftpError, download
 from loaders.asapp_sftp.decrypt import Decryptor
@@ -274,10 +274,11 @@ def _cast(v: str, canonical: str) -> str:
 REJECT_MARK = "\x01asapp_rejected"
 # Values that did not cast to their column's type, as a JSON object {column: the value as sent}; null on the rows
 # (nearly all) whose every value cast. Nothing is lost, and the typed column holds null for them.
-UNTYPED = "_asapp_untyped"
+UNTYPED = contract.UNTYPED.name
 # Keys set aside (plan_keys: a lineage name, or a second key for one column), as a JSON object {key: the value as
 # sent}; null on the rows (nearly all) that have none.
-EXTRA = "_asapp_extra"
+EXTRA = contract.EXTRA.name
+LINE = contract.LINE.name
 _RAW = "_asapp_text__"  # prefix of the text of a typed column, inside the read query
 _ASIDE = "_asapp_aside__"  # prefix of a set-aside key's value, inside the read query
 _MAP = "_asapp_map"  # a line read as a map, inside the one-pass read query
@@ -770,23 +771,25 @@ class PartitionReader:
             elif marked:
                 picked += f", {_MAP}[{_sql_str(REJECT_MARK)}] as {_quote(REJECT_MARK)}"
             rows = (
-                f"select {picked}, row_number() over () as _asapp_line from (select {read} from {source}"
+                f"select {picked}, row_number() over () as {LINE} from (select {read} from {source}"
                 f"records=false, columns={{{_sql_str(_MAP)}: 'MAP(VARCHAR, VARCHAR)'}}))"
             )
         else:
             read_keys = [*keys, REJECT_MARK] if marked else keys
             struct = "{" + ", ".join(f"{_sql_str(k)}: 'VARCHAR'" for k in read_keys) + "}"
-            rows = f"select *, row_number() over () as _asapp_line from {source}columns={struct})"
+            rows = f"select *, row_number() over () as {LINE} from {source}columns={struct})"
         if marked:
             rows = f"select * from ({rows}) where {_quote(REJECT_MARK)} is null"
-        lineage = (
-            f"{_sql_str(partition.feed)} as _asapp_feed, {_sql_str(partition.version)} as _asapp_version, "
-            f"timestamp {_sql_str(partition.at.strftime('%Y-%m-%d %H:%M:%S'))} as _asapp_partition_at, "
-            f"{_sql_str(f.name)} as _asapp_file, "
-            f"{'null' if f.split is None else f.split}::bigint as _asapp_split, "
-            f"_asapp_line, "
-            f"timestamp {_sql_str(loaded_at.strftime('%Y-%m-%d %H:%M:%S.%f'))} as _asapp_loaded_at"
-        )
+        lineage_values = {
+            contract.FEED: _sql_str(partition.feed),
+            contract.VERSION: _sql_str(partition.version),
+            contract.PARTITION_AT: _sql_str(partition.at.strftime("%Y-%m-%d %H:%M:%S")),
+            contract.FILE: _sql_str(f.name),
+            contract.SPLIT: "null" if f.split is None else str(f.split),
+            contract.LINE: LINE,
+            contract.LOADED_AT: _sql_str(loaded_at.strftime("%Y-%m-%d %H:%M:%S.%f")),
+        }
+        lineage_columns = ", ".join(f"{v}::{c.sql_type} as {c.name}" for c, v in lineage_values.items())
         extra = "null::varchar"
         if aside:
             values = [_quote(f"{_ASIDE}{i}") for i in range(len(aside))]
@@ -796,7 +799,7 @@ class PartitionReader:
             )
             present = " or ".join(f"{v} is not null" for v in values)
             extra = f"case when {present} then '{{' || concat_ws(',', {entries}) || '}}' end"
-        query = f"select {', '.join(_quote(k) for k in columns)}{', ' if columns else ''}{lineage}"
+        query = f"select {', '.join(_quote(k) for k in columns)}{', ' if columns else ''}{lineage_columns}"
         if not typed:
             # every batch has the same lineage columns
             return query + f", null::varchar as {UNTYPED}, {extra} as {EXTRA}{same} from ({rows})"
@@ -817,7 +820,7 @@ class PartitionReader:
         )
         return query + (
             f", case when {' or '.join(failed.values())} then '{{' || concat_ws(',', {entries}) || '}}' end "
-            f"as {UNTYPED}, {extra} as {EXTRA}{same} from (select {cast}, _asapp_line{same} from ({rows}))"
+            f"as {UNTYPED}, {extra} as {EXTRA}{same} from (select {cast}, {LINE}{same} from ({rows}))"
         )
 
     @staticmethod

@@ -47,7 +47,7 @@ class CatalogFeed:
 def _row(feed: Feed) -> list[str]:
     return [
         feed.name,
-        "hourly" if feed.is_hourly else "daily",
+        feed.cadence,
         feed.sync_time,
         feed.version,
         LIST_SEPARATOR.join(feed.unique_key),

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from loaders.contract import Cadence, cadence
 from loaders.yaml_load import safe_load
 
 # Names become SQL identifiers, file names and YAML keys: plain ASCII identifiers only, matched whole.
@@ -222,8 +223,12 @@ class Feed:
         raise KeyError(name)
 
     @property
+    def cadence(self) -> Cadence:
+        return cadence(self.sync_time)
+
+    @property
     def is_hourly(self) -> bool:
-        return self.sync_time.strip().lower().endswith("h")
+        return self.cadence == "hourly"
 
 
 @dataclass(frozen=True)

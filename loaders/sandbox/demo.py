@@ -16,6 +16,7 @@ import duckdb
 from rich.table import Table
 
 from loaders import runtime
+from loaders.contract import APSIS_RAW_SCHEMA, RAW_SCHEMA, STAGING_SCHEMA
 from loaders.sandbox.apsis_emulator import ApsisEmulator
 from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
 from loaders.sandbox.exports import CUSTOMERS, DEMO_FEEDS, generate_tree
@@ -70,7 +71,9 @@ class DemoSummary:
         folder the demo was started in, with the venv's own commands: the venv has no `duckdb` command line)."""
         status = "[green]dbt build passed[/]" if self.ok else "[red]dbt build failed[/]"
         db, pipelines = _shown(self.duckdb_path), _shown(self.pipelines_dir)
-        query = "select issue_id, final_intent_code, instance_ts from staging.stg_asapp__convos_intents limit 5"
+        query = (
+            f"select issue_id, final_intent_code, instance_ts from {STAGING_SCHEMA}.stg_asapp__convos_intents limit 5"
+        )
         return [
             f"{status} in {self.seconds:.0f} s",
             f"warehouse: {db}",
@@ -133,15 +136,17 @@ def run_demo(base: Path, days: int = 3) -> DemoSummary:
     )
     with duckdb.connect(str(runtime.duckdb_path())) as con:  # dbt-duckdb keeps its own open
         for feed in DEMO_FEEDS:
-            raw = con.execute(f"select count(*) from asapp_raw.{feed}").fetchone()
-            staged = con.execute(f"select count(*) from staging.stg_asapp__{feed}").fetchone() if ok else (0,)
+            raw = con.execute(f"select count(*) from {RAW_SCHEMA}.{feed}").fetchone()
+            staged = con.execute(f"select count(*) from {STAGING_SCHEMA}.stg_asapp__{feed}").fetchone() if ok else (0,)
             s = stats.feed(feed)
             summary.feeds[feed] = FeedCounts(
                 s.partitions_loaded, s.partitions_waiting, raw[0] if raw else 0, staged[0] if staged else 0
             )
         for raw_table, model in (("profiles", "profiles"), ("events", "events")):
-            raw_rows = con.execute(f"select count(*) from apsis_raw.{raw_table}").fetchone()
-            staged_rows = con.execute(f"select count(*) from staging.stg_apsis__{model}").fetchone() if ok else (0,)
+            raw_rows = con.execute(f"select count(*) from {APSIS_RAW_SCHEMA}.{raw_table}").fetchone()
+            staged_rows = (
+                con.execute(f"select count(*) from {STAGING_SCHEMA}.stg_apsis__{model}").fetchone() if ok else (0,)
+            )
             summary.apsis[raw_table] = (raw_rows[0] if raw_rows else 0, staged_rows[0] if staged_rows else 0)
     summary.push = pushed if ok else None
     return summary

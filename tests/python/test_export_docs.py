@@ -122,10 +122,17 @@ def test_freshness_follows_sync_time() -> None:
     assert "count: 3" in hourly and "count: 36" in daily
 
 
+def test_lineage_macro_types_follow_the_contract() -> None:
+    macro = codegen.lineage_macro()
+    assert "'_asapp_split': dbt.type_bigint()," in macro and "'_dlt_load_id': dbt.type_string()," in macro
+    assert (PROJECT / codegen.LINEAGE_MACRO_PATH).read_text() == macro
+
+
 def test_generate_check_detects_stale_and_orphaned_files(tmp_path: Path) -> None:
     assert codegen.write(DOCS, PROJECT, check=True).stale == []  # the committed files are fresh
     result = codegen.write(DOCS, tmp_path)
-    assert len(result.written) == 46  # 43 staging models, their two YAML files, the feed catalog seed
+    # 43 staging models, their two YAML files, the feed catalog seed, the lineage macro
+    assert len(result.written) == 47
     target = tmp_path / codegen.STAGING_DIR / "stg_asapp__reps.sql"
     target.write_text(target.read_text() + "-- edited by hand\n")
     orphan = tmp_path / codegen.STAGING_DIR / "stg_asapp__gone.sql"
