@@ -3,7 +3,7 @@
 import sys
 from pathlib import Path
 
-from loaders.apsis.helpers import parse_export
+from loaders.apsis.export_file import parse_export
 
 rows = sum(batch.num_rows for _, batch in parse_export(Path(sys.argv[1]), "bench"))
 print(rows)

@@ -176,7 +176,7 @@ def _print_load_summary(stats: Any) -> None:
 
 
 def _print_staging_summary(feeds: list[str]) -> None:
-    from loaders.pipelines import staging_counts
+    from loaders.status import staging_counts
 
     counts = _guard(lambda: staging_counts(feeds)) if feeds else {}
     if not counts:
@@ -236,7 +236,7 @@ def load_asapp(
     When the export location holds an export_docs.yaml that differs from the project's, the run warns
     (or, with --strict, fails before loading anything).
     """
-    from loaders.pipelines import load_asapp as run
+    from loaders.loads import load_asapp as run
 
     feed_list = [f.strip() for f in feeds.split(",") if f.strip()] if feeds else None
     stats = _load_with_progress(run, feed_list, since, strict, max_bad_lines=max_bad_lines, rescan=rescan)
@@ -254,7 +254,7 @@ def load_apsis(
     ] = None,
 ) -> None:
     """APSIS One profile export -> raw tables in schema apsis_raw (requests, polls, streams, flattens)."""
-    from loaders.pipelines import load_apsis as run
+    from loaders.loads import load_apsis as run
 
     _print_apsis_summary(_guard(lambda: run(start_at, end_at)))
 
@@ -364,7 +364,7 @@ def status(
 ) -> None:
     """What has been loaded per ASAPP feed: rows, latest partition, freshness against its sync time."""
     from loaders.export_docs.catalog import read_catalog
-    from loaders.pipelines import asapp_status
+    from loaders.status import asapp_status
 
     feeds = _guard(asapp_status)
     catalog = read_catalog(runtime.project_dir())  # cadence and PII columns (seeds/asapp_feed_catalog.csv)
@@ -497,8 +497,8 @@ def _print_push_summary(stats: Any, dry_run: bool) -> None:
 @app.command()
 def run(ctx: typer.Context) -> None:
     """The main job: load asapp, load apsis (when configured), dbt build, push (when ASAPP_API__BASE_URL is set)."""
-    from loaders.pipelines import load_apsis as run_apsis
-    from loaders.pipelines import load_asapp as run_asapp
+    from loaders.loads import load_apsis as run_apsis
+    from loaders.loads import load_asapp as run_asapp
     from loaders.run_lock import run_lock
 
     # held until the command ends: a second `elt run` must not load while this one builds or pushes

@@ -20,6 +20,10 @@ APSIS_RAW_SCHEMA = "apsis_raw"
 STAGING_SCHEMA = "staging"
 MARTS_SCHEMA = "marts"
 
+# dlt pipelines (their state folders, dlt's CLI, the run locks).
+ASAPP_PIPELINE = "asapp_sftp"
+APSIS_PIPELINE = "apsis"
+
 
 @dataclass(frozen=True)
 class LineageColumn:

@@ -60,7 +60,7 @@ APSIS_TABLES = [
     description="ASAPP SFTP feeds -> asapp_raw.<feed> (dlt)",
 )
 def asapp_raw(context: AssetExecutionContext) -> Iterator[MaterializeResult]:
-    from loaders.pipelines import load_asapp
+    from loaders.loads import load_asapp
 
     stats = load_asapp()
     failed = [f for s in stats.feeds.values() for f in s.failed]
@@ -83,7 +83,7 @@ def asapp_raw(context: AssetExecutionContext) -> Iterator[MaterializeResult]:
     description="APSIS One profile export -> apsis_raw (dlt)",
 )
 def apsis_raw(context: AssetExecutionContext) -> Iterator[MaterializeResult]:
-    from loaders.pipelines import load_apsis
+    from loaders.loads import load_apsis
 
     rows: dict[str, int] = {}
     if runtime.is_configured("sources.apsis.base_url"):

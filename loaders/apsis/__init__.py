@@ -22,15 +22,9 @@ from dlt.common.typing import TSecretStrValue
 from dlt.sources import DltResource
 
 from loaders.apsis import settings
-from loaders.apsis.helpers import (
-    ApsisClient,
-    ApsisRequestError,
-    ExportRequest,
-    ids_from_config,
-    parse_export,
-    validate,
-    windows,
-)
+from loaders.apsis.client import ApsisClient
+from loaders.apsis.export_file import parse_export
+from loaders.apsis.request import ApsisRequestError, ExportRequest, ids_from_config, validate, windows
 
 log = logging.getLogger(__name__)
 

@@ -106,7 +106,7 @@ def run_demo(base: Path, days: int = 3) -> DemoSummary:
     os.environ["ELT_DUCKDB_PATH"] = str(base / "asapp.duckdb")
     os.environ["ELT_PIPELINES_DIR"] = str(base / "pipelines")
     os.environ["ELT_TARGET"] = "duckdb"
-    from loaders.pipelines import load_apsis, load_asapp
+    from loaders.loads import load_apsis, load_asapp
 
     tree_start = datetime(2026, 11, 1, tzinfo=UTC)
     tree_end = tree_start + timedelta(days=days)

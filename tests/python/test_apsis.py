@@ -16,8 +16,9 @@ import psutil
 import pytest
 
 from loaders import runtime
-from loaders.apsis.helpers import ApsisRequestError, ExportRequest, find_poll_url, validate
-from loaders.pipelines import load_apsis
+from loaders.apsis.client import find_poll_url
+from loaders.apsis.request import ApsisRequestError, ExportRequest, validate
+from loaders.loads import load_apsis
 from loaders.sandbox.apsis_emulator import ATTRIBUTES, ApsisEmulator
 from tests.python.helpers import ELT, PROJECT, DuckDbWarehouse, Warehouse, elt, query, scalar
 

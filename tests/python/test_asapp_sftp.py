@@ -14,7 +14,7 @@ import pytest
 from loaders import runtime
 from loaders.asapp_sftp import settings
 from loaders.asapp_sftp.connection import WINDOW_BYTES, connect_sftp, download
-from loaders.pipelines import ASAPP_DATASET, ASAPP_PIPELINE, load_asapp
+from loaders.loads import ASAPP_DATASET, ASAPP_PIPELINE, load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
 from loaders.sandbox.openssh import Sshd
 from tests.python.helpers import Warehouse, elt, query, scalar

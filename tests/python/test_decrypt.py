@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from loaders.pipelines import load_asapp
+from loaders.loads import load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
 from tests.python.helpers import Warehouse, elt, query, scalar
 

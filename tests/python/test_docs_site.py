@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from loaders import runtime
-from loaders.pipelines import load_asapp
+from loaders.loads import load_asapp
 from loaders.sandbox.exports import write_partition
 from tests.python.helpers import PROJECT, Warehouse
 

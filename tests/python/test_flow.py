@@ -8,7 +8,7 @@ import pytest
 
 from loaders import runtime
 from loaders.asapp_metadata import push
-from loaders.pipelines import load_apsis, load_asapp
+from loaders.loads import load_apsis, load_asapp
 from loaders.sandbox.apsis_emulator import ApsisEmulator
 from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
 from loaders.sandbox.exports import CUSTOMERS, DEMO_FEEDS, generate_tree

@@ -22,7 +22,7 @@ from loaders.asapp_sftp.connection import RetryPolicy, SftpConnection, connect_s
 from loaders.asapp_sftp.decrypt import Decryptor
 from loaders.asapp_sftp.listing import DataFile, Partition
 from loaders.asapp_sftp.reader import PartitionReader
-from loaders.pipelines import load_asapp
+from loaders.loads import load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
 from loaders.sandbox.openssh import Sshd
 from tests.python.helpers import Warehouse, elt, query, scalar

@@ -14,17 +14,8 @@ from pathlib import Path
 import pytest
 
 from loaders import runtime
-from loaders.pipelines import (
-    APSIS_DATASET,
-    APSIS_PIPELINE,
-    APSIS_ROW_KEYS,
-    ASAPP_DATASET,
-    ASAPP_PIPELINE,
-    asapp_row_key,
-    dedupe_loads,
-    load_apsis,
-    load_asapp,
-)
+from loaders.loads import APSIS_DATASET, APSIS_PIPELINE, ASAPP_DATASET, ASAPP_PIPELINE, load_apsis, load_asapp
+from loaders.recovery import APSIS_ROW_KEYS, asapp_row_key, dedupe_loads
 from loaders.sandbox.apsis_emulator import ApsisEmulator
 from loaders.sandbox.exports import write_partition
 from tests.python.helpers import ELT, PROJECT, Warehouse, query

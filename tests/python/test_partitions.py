@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loaders import runtime
-from loaders.pipelines import load_asapp
+from loaders.loads import load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
 from tests.python.helpers import Warehouse, elt, query, scalar
 
@@ -213,7 +213,7 @@ def test_a_rejected_line_does_not_send_the_next_partition_to_rejects(exports: Pa
 
 
 def test_status_reports_what_the_last_rescan_did_not_load(exports: Path, warehouse: Warehouse) -> None:
-    from loaders.pipelines import asapp_status
+    from loaders.status import asapp_status
 
     write_partition(exports, FEED, T0, intents((1, "A")))
     write_partition(exports, FEED, T0.replace(hour=11), intents((2, "B")), success=False)

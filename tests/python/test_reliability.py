@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loaders.asapp_sftp import settings
-from loaders.pipelines import load_asapp
+from loaders.loads import load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
 from loaders.sandbox.openssh import Sshd
 from tests.python.helpers import Warehouse, elt, key_copy, query, scalar

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from loaders import runtime
-from loaders.pipelines import ASAPP_PIPELINE, load_asapp
+from loaders.loads import ASAPP_PIPELINE, load_asapp
 from loaders.run_lock import run_lock
 from loaders.sandbox.exports import write_partition
 from tests.python.helpers import ELT, PROJECT, Warehouse, elt, scalar

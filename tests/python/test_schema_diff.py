@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from loaders.asapp_sftp import LoadStats
-from loaders.pipelines import SchemaDriftError, check_export_docs, load_asapp
+from loaders.loads import load_asapp
 from loaders.sandbox.exports import write_partition
+from loaders.schema_drift import SchemaDriftError, check_export_docs
 from tests.python.helpers import PROJECT, Warehouse, elt, scalar
 
 BASE: dict[str, Any] = yaml.safe_load((PROJECT / "export_docs.yaml").read_text())
@@ -175,7 +176,7 @@ def test_invalid_server_file_is_a_warning_and_the_check_goes_on(
     warehouse: Warehouse, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     downloaded = _server_file(tmp_path, HOSTILE)
-    with caplog.at_level(logging.WARNING, logger="loaders.pipelines"):
+    with caplog.at_level(logging.WARNING, logger="loaders.schema_drift"):
         assert check_export_docs(LoadStats(export_docs=downloaded), strict=False) == []
     assert "the server's export_docs.yaml cannot be read" in caplog.text and "nested deeper than" in caplog.text
     assert not downloaded.exists()
