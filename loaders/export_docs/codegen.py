@@ -1,8 +1,9 @@
 """Generate the dbt layer of every ASAPP feed from export_docs.yaml.
 
 Writes ``models/staging/asapp/``: ``_asapp__sources.yml`` (the raw tables, with freshness from sync_time),
-``_asapp__models.yml`` (descriptions, meta and tests) and one ``stg_asapp__<feed>.sql`` per feed. Every file
-starts with GENERATED_MARK; ``elt generate --check`` compares them with what would be written now.
+``_asapp__models.yml`` (descriptions, meta and tests) and one ``stg_asapp__<feed>.sql`` per feed (rendered from
+``templates/staging_model.sql.j2``). Every file starts with GENERATED_MARK; ``elt generate --check`` compares
+them with what would be written now.
 
 dbt renders Jinja in the SQL and in YAML descriptions, so nothing from export_docs.yaml may open a Jinja tag there:
 the values that reach SQL are checked against their grammars (``_check_feed``), and every string of the YAML files
@@ -12,10 +13,12 @@ goes through ``inert`` (``_yaml``), then the written YAML is checked to hold no 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import yaml
 
 from loaders import contract
@@ -211,118 +214,51 @@ def models_yaml(docs: ExportDocs) -> str:
     return f"# {GENERATED_MARK}\n" + _yaml({"version": 2, "models": models})
 
 
-def staging_sql(feed: Feed) -> str:
-    _check_feed(feed)
-    materialized = "incremental" if feed.is_hourly else "view"
-    if materialized == "incremental":
-        config = (
-            "{{\n    config(\n        materialized='incremental',\n"
-            "        unique_key='_asapp_record_key',\n        incremental_strategy='asapp_latest',\n"
-            "        on_schema_change='fail',\n    )\n}}\n"
-        )
-    else:
-        config = "{{ config(materialized='view') }}\n"
-    columns_types = ",\n        ".join(f"'{c.name}': '{c.type}'" for c in feed.columns)
-    documented = ",\n        ".join(feed.column_names)
-    lineage_names = [c.name for c in contract.STAGED_LINEAGE]
-    lineage = ",\n        ".join(lineage_names)
-    lineage_list = ",\n        ".join(f"'{n}'" for n in lineage_names)
-    key_list = ", ".join(f"'{k}'" for k in feed.unique_key)
-    if len(key_list) > 80:  # long keys one per line
-        key_list = "\n        " + ",\n        ".join(f"'{k}'" for k in feed.unique_key) + ",\n"
-    ordering = ordering_sql(feed.ordering_key) if feed.ordering_key else None
-    order_by = ([f"{ordering} desc nulls last"] if ordering else []) + list(contract.INSERTION_ORDER)
-    order_list = ",\n            ".join(f"'{o}'" for o in order_by)
-    incremental_filter = ""
-    candidates = "keyed"
-    incremental_cte = ""
-    final_select = "select * from deduplicated\n"
-    dedup_columns = "staged_columns"
-    if materialized == "incremental":
-        incremental_filter = (
-            "\n        {% if is_incremental() %}\n"
-            "            -- only rows loaded since the last run\n"
-            "            and _asapp_loaded_at > (\n"
-            "                select coalesce(max(this_model._asapp_loaded_at), cast('1900-01-01' as "
-            "{{ dbt.type_timestamp() }}))\n"
-            "                from {{ this }} as this_model\n"
-            "            )\n        {% endif %}"
-        )
-        staged_names = [*feed.column_names, "_asapp_record_key", *lineage_names]
-        deciding = {
-            "_asapp_record_key",
-            *(ordering_columns(feed.ordering_key) if ordering else []),
-            *contract.INSERTION_COLUMNS,
-        }
-        read = [f"'{c}'" for c in staged_names if c in deciding]
-        read_list = ", ".join(read) if len(", ".join(read)) <= 80 else ",\n            ".join(read)
-        incremental_cte = (
-            "candidates as (\n\n    select\n        *,\n        false as _asapp_staged\n    from keyed\n"
-            "    {% if is_incremental() %}\n"
-            "        -- the versions already staged of the keys that arrived, so a late older version cannot win;\n"
-            "        -- only the columns that order them are read (a narrow scan of the staged table)\n"
-            "        union all\n"
-            "        {{ asapp_staged_versions('keyed', key_columns, staged_columns, [\n"
-            f"            {read_list},\n        ]) }}}}\n"
-            "    {% endif %}\n\n),\n\n"
-        )
-        candidates = "candidates"
-        final_select = (
-            "select\n    " + ",\n    ".join(staged_names) + "\nfrom deduplicated\n"
-            "{% if is_incremental() %}\n    -- a key whose staged version stays the latest is left as it is\n"
-            "    where not _asapp_staged\n{% endif %}\n"
-        )
-        dedup_columns = "staged_columns + ['_asapp_staged']"
-    return f"""-- {GENERATED_MARK} (feed {feed.name}, version {feed.version})
-{config}
-{{%- set columns = {{
-        {columns_types},
-}} -%}}
-{{%- set staged_columns = (columns | list) + [
-        '_asapp_record_key',
-        {lineage_list},
-] -%}}
-{{%- set key_columns = [{key_list}] -%}}
-
-with
-
-source as (
-
-    select *
-    from (
-        {{{{ asapp_raw_source(source('{SOURCE_NAME}', '{feed.name}'), columns) }}}}
-    ) as raw_rows
-    -- the documented version only: rows of another version= folder stay in raw (the load warns)
-    where
-        _asapp_version = '{feed.version}'{incremental_filter}
-
-),
-
-keyed as (
-
-    select
-        {documented},
-        {{{{ asapp_record_key(key_columns) }}}} as _asapp_record_key,
-        {lineage}
-
-    from source
-
-),
-
-{incremental_cte}deduplicated as (
-
-    {{{{ asapp_latest(
-        '{candidates}',
-        partition_by=['_asapp_record_key'],
-        order_by=[
-            {order_list},
-        ],
-        columns={dedup_columns},
-    ) }}}}
-
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    # the template's own tags: dbt's {{ }} and {% %} in it are text, written out as they stand
+    block_start_string="<%",
+    block_end_string="%>",
+    variable_start_string="<<",
+    variable_end_string=">>",
+    comment_start_string="<#",
+    comment_end_string="#>",
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
 )
+_TEMPLATES.filters["quoted"] = lambda value: f"'{value}'"
+LONG_LIST = 80  # characters of a list of quoted names written on one line; a longer one is one name per line
 
-{final_select}"""
+
+def staging_sql(feed: Feed) -> str:
+    """The staging model of a feed (templates/staging_model.sql.j2): the latest export of each record, typed."""
+    _check_feed(feed)
+    lineage = [c.name for c in contract.STAGED_LINEAGE]
+    staged = [*feed.column_names, contract.RECORD_KEY, *lineage]
+    ordering = ordering_columns(feed.ordering_key) if feed.ordering_key else []
+    deciding = {contract.RECORD_KEY, *ordering, *contract.INSERTION_COLUMNS}
+    read = [c for c in staged if c in deciding]
+    order_by = [f"{ordering_sql(feed.ordering_key)} desc nulls last"] if feed.ordering_key else []
+    return _TEMPLATES.get_template("staging_model.sql.j2").render(
+        mark=GENERATED_MARK,
+        feed=feed,
+        incremental=feed.is_hourly,
+        source_name=SOURCE_NAME,
+        record_key=contract.RECORD_KEY,
+        lineage=lineage,
+        staged=staged,
+        keys_per_line=_one_line_length(feed.unique_key) > LONG_LIST,
+        read=read,
+        read_separator=", " if _one_line_length(read) <= LONG_LIST else ",\n            ",
+        order_by=[*order_by, *contract.INSERTION_ORDER],
+    )
+
+
+def _one_line_length(names: Sequence[str]) -> int:
+    return len(", ".join(f"'{n}'" for n in names))
 
 
 def lineage_macro() -> str:
