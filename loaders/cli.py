@@ -27,6 +27,7 @@ app = typer.Typer(
 load_app = typer.Typer(help="Load raw data with dlt.", no_args_is_help=True)
 app.add_typer(load_app, name="load")
 # Wide enough for the summary tables when the output is a file or a pipe (CI logs, orchestrators).
+SANDBOX_MODULES = ("asyncssh", "openapi_core")  # what the `sandbox` extra installs, as imported
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 out = Console(width=None if sys.stdout.isatty() else 160)
 _state = {"debug": False}
@@ -529,7 +530,15 @@ def demo(
     workdir: Annotated[Path | None, typer.Option(help="Where the demo writes (default: warehouse/demo).")] = None,
 ) -> None:
     """The whole flow against the local sandbox: generated exports behind a local SFTP server, load, build, docs."""
-    from loaders.sandbox.demo import run_demo
+    try:
+        from loaders.sandbox.demo import run_demo
+    except ModuleNotFoundError as e:  # the sandbox's servers are an extra: production installs lack them
+        if (e.name or "").split(".")[0] not in SANDBOX_MODULES:
+            raise
+        console.print(
+            f"[red]error:[/] elt demo needs the sandbox extra ({e.name} is missing): pip install -e '.\\[sandbox]'"
+        )
+        raise typer.Exit(1) from None
 
     base = workdir or runtime.project_dir() / "warehouse" / "demo"
     summary = _guard(lambda: run_demo(base.resolve(), days=days))
