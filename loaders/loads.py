@@ -74,7 +74,7 @@ def _run_asapp(pipeline: Any, options: dict[str, Any], stats: LoadStats, strict:
 @locked(APSIS_PIPELINE, "elt load apsis")
 def load_apsis(start_at: str | None = None, end_at: str | None = None) -> ApsisStats:
     """APSIS One export -> apsis_raw. Returns the run's counts."""
-    from loaders.apsis import ApsisStats, apsis  # not imported by `elt load asapp` (~0.1 s of start-up)
+    from loaders.apsis import ApsisStats, apsis  # not imported by `elt load asapp`: less start-up
 
     pipeline = runtime.pipeline(APSIS_PIPELINE, APSIS_DATASET)
     finish_pending(pipeline, row_key=APSIS_ROW_KEYS.get)

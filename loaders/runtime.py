@@ -23,8 +23,8 @@ class ConfigError(RuntimeError):
 @contextmanager
 def frozen_heap() -> Iterator[None]:
     """Leave the objects alive now (modules, dlt, the configuration) out of garbage collection while a long run
-    allocates: they are never garbage, and each full collection walked them all again (in the push, ~100 ms pauses
-    that cut its rate by a third; in a 1 GB load, ~2% of the CPU before, ~1% after)."""
+    allocates: they are never garbage, and each full collection would walk them all again (in the push, pauses
+    that cut its request rate; in a load, CPU spent for nothing)."""
     gc.freeze()
     try:
         yield
@@ -95,12 +95,11 @@ def configure() -> None:
     # The push log (pipeline asapp_metadata) goes as Arrow too, and keeps dlt's row id, as its rows had when they
     # went as dicts (a log created then has it NOT NULL); raw tables have none.
     os.environ.setdefault("ASAPP_METADATA__NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_ID", "true")
-    # Its normalize and load take memory with each file's size: a push of 1M rows peaked at 660 MB with the log
-    # in one file, at ~510 MB in files of 100,000 rows.
+    # Its normalize and load take memory with each file's size: files of 100,000 rows bound it.
     os.environ.setdefault("ASAPP_METADATA__NORMALIZE__DATA_WRITER__FILE_MAX_ITEMS", "100000")
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
-    # A loaded package's data files are deleted (dlt keeps them by default: a copy of every row loaded, ~55 MB per
-    # GB of exports, and of the APSIS profiles). A package with a failed job keeps them, for the next run.
+    # A loaded package's data files are deleted (dlt keeps them by default: a copy of every row loaded, of the
+    # exports and of the APSIS profiles). A package with a failed job keeps them, for the next run.
     os.environ.setdefault("LOAD__DELETE_COMPLETED_JOBS", "true")
     # DuckDB has one writer per file: parallel load jobs only add memory.
     if target() in ("duckdb", "motherduck"):
@@ -129,7 +128,7 @@ def destination() -> Any:
             "preserve_insertion_order": False,
         }
         duck = DuckDbCredentials(global_config=config)
-        # set, not passed: a path passed is parsed as a connection URL first, which imports SQLAlchemy (~0.2 s of
+        # set, not passed: a path passed is parsed as a connection URL first, which imports SQLAlchemy (slow, at
         # every run's start-up) only to find it is not one
         duck.database = str(duckdb_path())
         return dlt.destinations.duckdb(credentials=duck)

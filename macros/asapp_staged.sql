@@ -3,7 +3,7 @@
     of the keys that arrived, for the dedup to rank against) and the `asapp_latest` incremental strategy (delete the
     staged versions the new ones replace, insert the new ones). Both match a key on its hash and, on DuckDB, on
     its columns too: DuckDB then reads only the row groups whose ranges of those columns can hold an arriving key
-    (its join filters meet the zone maps), where the hash alone made it read every staged key twice per run. New
+    (its join filters meet the zone maps), where the hash alone makes it read every staged key twice per run. New
     records (a later time, a higher id) usually lie past what is staged: for them it costs next to nothing, however
     much history is staged. An arriving key with a null column (or a text column holding '<null>', which the hash
     takes for a null) is matched on its hash alone, as before: typed equality would miss it. Other engines keep

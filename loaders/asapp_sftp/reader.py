@@ -94,9 +94,9 @@ def gunzip(
     its Scan), or (the file, why it is not complete and valid gzip or inflates to more than max_bytes, None).
     DuckDB reads a file cut right after its header (or at a block boundary) as shorter without complaint, so the
     check cannot be left to it; and once inflated here, in the download thread, the checks and the read that
-    follow parse a plain file instead of inflating it twice more. zlib-ng inflates ~4x faster than zlib (504 MB
-    here: 0.17 s of CPU instead of 0.75 s). Output is taken _INFLATE_STEP bytes at a time, so memory stays
-    bounded whatever the ratio, and max_bytes bounds the disk."""
+    follow parse a plain file instead of inflating it twice more. zlib-ng inflates with a fraction of zlib's CPU.
+    Output is taken _INFLATE_STEP bytes at a time, so memory stays bounded whatever the ratio, and max_bytes
+    bounds the disk."""
     if path.stat().st_size == 0:
         return Inflated(path, None, Scan(max_line_bytes))  # an empty file is an empty file (and is skipped as one)
     plain = path.with_name(path.name.removesuffix(".gz") + ".plain")
@@ -316,8 +316,8 @@ class _Spooled:
 def reading_database() -> duckdb.DuckDBPyConnection:
     """The in-memory DuckDB that reads and checks downloaded files, shared by every feed's reader. Each query runs
     on its caller's thread alone (threads=1): a file's read is ordered (its line numbers), so a second DuckDB
-    thread added no speed, only ~1.1 s of CPU per GB read, which the downloads and dlt's writes running beside
-    it need. Feeds are read side by side, each on its reader's own thread."""
+    thread adds no speed, only CPU, which the downloads and dlt's writes running beside it need. Feeds are read
+    side by side, each on its reader's own thread."""
     return duckdb.connect(config={"threads": 1})
 
 
@@ -498,8 +498,8 @@ class PartitionReader:
         (`{}`, or a line that is not an object) is looked at again."""
         source = f"read_ndjson_objects({self._source(path)})"
         try:
-            # the rows of the first line's shape (nearly all) are grouped without hashing their keys: ~20% less
-            # work than grouping every row by its key list; any other shape (every shape, when the first line
+            # the rows of the first line's shape (nearly all) are grouped without hashing their keys: less work
+            # than grouping every row by its key list; any other shape (every shape, when the first line
             # gives none) is grouped exactly
             first = first or None
             grouped = self.con.execute(

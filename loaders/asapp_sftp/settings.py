@@ -47,14 +47,14 @@ DEFAULT_RETRY_ATTEMPTS = 6
 DEFAULT_RETRY_WAIT_SECONDS = 2.0
 # Seconds without an answer from the server after which its connection counts as lost.
 DEFAULT_TIMEOUT_SECONDS = 60.0
-# Bytes asked for per SFTP read request. paramiko's own 32 KiB costs twice the client CPU per byte downloaded
-# (measured here: 5.4-5.7 s instead of 2.4-2.9 s for 540 MB). OpenSSH serves up to 255 KiB per request; a server
+# Bytes asked for per SFTP read request. paramiko's own 32 KiB costs more client CPU per byte downloaded (each
+# answer is handled in Python, so fewer, larger ones cost less). OpenSSH serves up to 255 KiB per request; a server
 # that answers with less still yields whole files, but paramiko then reads the rest one request at a time, far more
 # slowly: set 32768 for such a server.
 DEFAULT_READ_REQUEST_BYTES = 128 * 1024
 # Hostile input: each bound below turns an input that would exhaust memory, disk or a parser into a defined
 # outcome. A line longer than this is rejected (kept in _rejects, up to REJECT_RAW_LIMIT bytes) and never held
-# whole: DuckDB takes ~4x a line's size to read it (a 32 MB line: ~150 MB), and ASAPP's records are a few KB.
+# whole: DuckDB takes several times a line's size in memory to read it, and ASAPP's records are a few KB.
 DEFAULT_MAX_LINE_BYTES = 32 << 20
 # A line nested deeper than this (its own object is level 1) is rejected: no ASAPP record nests more than a few
 # levels, and deeper JSON only threatens the parsers downstream.

@@ -22,7 +22,7 @@ from typing import Any
 
 from loaders.export_docs.model import ExportDocs, ExportDocsError, parse_export_docs
 
-MAX_BYTES = 16 * 2**20  # ~35 times ASAPP's 43-feed file; the SFTP download stops here too
+MAX_BYTES = 16 * 2**20  # far larger than ASAPP's 43-feed file; the SFTP download stops here too
 MAX_DEPTH = 64  # ASAPP's file nests 7 levels
 MAX_EXPANDED = 4 * MAX_BYTES  # characters, with aliases repeated: an alias may repeat, not explode
 MEMORY_BYTES = 2 * 2**30  # the child's address space: a 16 MiB file of ASAPP's shape peaks near 0.6 GB

@@ -15,7 +15,7 @@ class JsonHandler(BaseHTTPRequestHandler):
 
     server_version = "asapp-elt-sandbox"
     # headers and body go out in two writes: with Nagle's algorithm on, the body waits for the client's delayed
-    # ACK of the headers (~40 ms per response on loopback), which capped the push at ~10 requests/s
+    # ACK of the headers, which would cap the push's request rate far below the API's
     disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests and the demo print their own
