@@ -8,11 +8,12 @@ ENDPOINT = "/metadata-ingestion/v1/many-customer-metadata"
 BATCH_SIZE = 1000  # maxItems of the request's items
 MAX_REQUESTS_PER_SECOND = 100.0  # spike limit
 CONCURRENT_REQUESTS = 4  # batches in flight at once (still paced to the spike limit)
-RETRY_429_S = (1.0, 2.0, 4.0)
+RETRY_429_S = (1.0, 2.0, 4.0)  # unless the answer's Retry-After says otherwise
+MAX_RETRY_AFTER_S = 60.0  # a longer Retry-After gives the batch up for this run: it is sent again by the next
 RETRY_5XX_S = (0.25, 0.5, 1.0)
 REQUEST_TIMEOUT_S = 60.0
-READ_ROWS = 10_000  # mart rows fetched from the warehouse at a time
-LOG_PART_ROWS = 20 * BATCH_SIZE  # push log rows held before dlt takes them (invalid rows pause building there)
+LOG_PART_ROWS = 20 * BATCH_SIZE  # push log rows held before dlt takes them
+EVENT_ID_HEX_DIGITS = 40  # an eventId is `elt-` and this many hex digits of the item's content hash
 DRY_RUN_SAMPLE = 3  # items a dry run keeps to show
 
 MART = "customer_metadata"  # one row per (external_conversation_id, external_customer_id)
@@ -20,6 +21,7 @@ MART_ATTRIBUTES = "customer_metadata_attributes"  # up to 10 (name, value) per k
 LOG_DATASET = "asapp_metadata"
 LOG_TABLE = "asapp_metadata_push_log"
 
+KEYS = ("external_conversation_id", "external_customer_id")
 # mart column -> API field
 FIELDS = {
     "external_conversation_id": "externalConversationId",
