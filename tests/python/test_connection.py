@@ -62,7 +62,7 @@ class MidDownload:
     def _watch(self) -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            for f in self._downloads.glob("asapp-sftp-*/p0/convos_intents.jsonl"):
+            for f in self._downloads.glob("asapp-sftp-*/p0/*.convos_intents.jsonl"):
                 size = f.stat().st_size if f.exists() else 0
                 if size > 1 << 20:
                     self._fault()

@@ -28,4 +28,6 @@ def test_dagster_definitions_load(warehouse: object) -> None:
     assert AssetKey(["asapp_raw", "utterances"]) in graph.get(AssetKey("stg_asapp__utterances")).parent_keys
     assert AssetKey("customer_metadata") in graph.get(AssetKey("asapp_customer_metadata")).parent_keys
     assert defs.resolve_job_def("asapp_elt_hourly") is not None
-    assert len(keys) == 43 + 9 + 43 + 4 + 1 + 2 + 1  # raw, apsis raw, staging, apsis staging, int, marts, push
+    assert "asapp_feed_catalog" in keys  # the seed, which dbt loads too
+    # raw, apsis raw, staging, apsis staging, int, marts, push, the feed catalog seed
+    assert len(keys) == 43 + 9 + 43 + 4 + 1 + 2 + 1 + 1
