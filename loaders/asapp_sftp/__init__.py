@@ -246,24 +246,28 @@ def _is_fingerprint(value: Any) -> bool:
     return isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
 
 
-def _partition_row(ready: ReadyPartition, loaded_at: datetime, rows: int, adopted: bool = False) -> Any:
+def _partition_row(ready: ReadyPartition, loaded_at: datetime, rows: int, adopted: bool = False) -> dict[str, Any]:
     p = ready.partition
+    return {
+        "feed": p.feed,
+        "partition": p.key,
+        "version": p.version,
+        "partition_at": p.at_naive,
+        "fingerprint": ready.fingerprint,
+        "files": len(ready.files),
+        "bytes": sum(f.size for f in ready.files),
+        "rows": rows,
+        "restated": ready.restated,
+        "adopted": adopted,
+        "loaded_at": loaded_at.replace(tzinfo=None),
+    }
+
+
+def _partition_rows(rows: list[dict[str, Any]]) -> Any:
+    """The partition loads of a feed's run, as one item: dlt computes a table variant per item, which per
+    partition cost as much as reading a small partition."""
     return dlt.mark.with_hints(
-        [
-            {
-                "feed": p.feed,
-                "partition": p.key,
-                "version": p.version,
-                "partition_at": p.at_naive,
-                "fingerprint": ready.fingerprint,
-                "files": len(ready.files),
-                "bytes": sum(f.size for f in ready.files),
-                "rows": rows,
-                "restated": ready.restated,
-                "adopted": adopted,
-                "loaded_at": loaded_at.replace(tzinfo=None),
-            }
-        ],
+        rows,
         # a variant: the table hint stays with these rows instead of becoming the resource's for the rows after
         dlt.mark.make_hints(table_name=settings.PARTITIONS_TABLE, columns=PARTITION_HINTS),
         create_table_variant=True,
@@ -298,9 +302,10 @@ def _feed_partitions(session: _Session, feed: str, run: FeedRun) -> Iterator[Any
                 p.key,
                 settings.FUTURE_TOLERANCE_HOURS,
             )
+        loads: list[dict[str, Any]] = []  # asapp_raw._partitions rows, yielded once the feed's partitions are read
         for adopted in listing.adopted:  # loaded by an older version: its fingerprint recorded, not read again
             state["loaded"][adopted.partition.key] = adopted.fingerprint
-            yield _partition_row(adopted, now_at, 0, adopted=True)
+            loads.append(_partition_row(adopted, now_at, 0, adopted=True))
         reader = PartitionReader(
             session.connection,
             run.decryptor,
@@ -377,7 +382,7 @@ def _feed_partitions(session: _Session, feed: str, run: FeedRun) -> Iterator[Any
                     log.error("%s %s: %s; skipped, will be retried by the next run", feed, partition.key, e)
                     continue
                 # Recorded in the same load package as the rows: both are committed, or neither.
-                yield _partition_row(ready, prepared.loaded_at or now_at, fstats.rows - rows_before)
+                loads.append(_partition_row(ready, prepared.loaded_at or now_at, fstats.rows - rows_before))
                 state["loaded"][partition.key] = ready.fingerprint
                 state["waiting"].pop(partition.key, None)
                 if state["max_dt"] is None or partition.dt > state["max_dt"]:
@@ -397,6 +402,8 @@ def _feed_partitions(session: _Session, feed: str, run: FeedRun) -> Iterator[Any
                     stats.on_progress(feed, fstats)
         finally:
             reader.close()
+        if loads:  # in the package of the rows they describe: committed with them, or not at all
+            yield _partition_rows(loads)
         if rescan:
             _record_rescan(state, listing, fstats, [*left, *retry], now)
         _prune(state, run.lookback_days)
