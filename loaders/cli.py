@@ -162,7 +162,7 @@ def _print_load_summary(stats: Any) -> None:
             f"[yellow]the server's export_docs.yaml differs from the project's ({len(stats.schema_changes)} "
             "change(s)): see the warning above[/]"
         )
-    if getattr(stats, "export_docs_problem", None):
+    if stats.export_docs_problem:
         out.print(f"[yellow]the server's {escape(stats.export_docs_problem)}[/]")
     if stats.ignored:
         out.print(f"[yellow]{len(stats.ignored)} name(s) outside ASAPP's layout were ignored:[/]")

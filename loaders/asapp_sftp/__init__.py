@@ -340,13 +340,14 @@ def _feed_partitions(session: _Session, feed: str, run: FeedRun) -> Iterator[Any
             retry: list[ReadyPartition] = []
             types_ready: Future[dict[str, str] | None] = Future()
             downloads = reader.downloaded([(r.partition, r.files) for r in readable], types_ready)
-            documented_version = None
+            types = documented_version = None
             try:
                 # looked up only when something is read (a run with nothing new does not parse
                 # export_docs.yaml), while the first download runs; its read waits for them
-                types = run.column_types.get(feed) if run.column_types is not None and readable else None
-                if run.column_types is not None and readable and hasattr(run.column_types, "version"):
-                    documented_version = run.column_types.version(feed)
+                if run.column_types is not None and readable:
+                    types = run.column_types.get(feed)
+                    if hasattr(run.column_types, "version"):  # a plain mapping of types has none
+                        documented_version = run.column_types.version(feed)
             except BaseException as e:
                 types_ready.set_exception(e)
                 raise
