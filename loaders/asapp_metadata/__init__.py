@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import dlt
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
+from dlt.common.configuration import resolve_configuration
 
 from loaders import runtime
 from loaders.asapp_metadata import plan, schema, settings
@@ -160,17 +160,6 @@ def _probe(pipeline: Any) -> tuple[int, str | None]:
     return int(count), table
 
 
-def _api_config() -> tuple[str, str, str]:
-    base_url: str | None = dlt.config.get("asapp_api.base_url")
-    api_id: str | None = dlt.secrets.get("asapp_api.api_id") or dlt.config.get("asapp_api.api_id")
-    api_secret: str | None = dlt.secrets.get("asapp_api.api_secret")
-    names = ("ASAPP_API__BASE_URL", "ASAPP_API__API_ID", "ASAPP_API__API_SECRET")
-    missing = [name for name, value in zip(names, (base_url, api_id, api_secret), strict=True) if not value]
-    if missing:
-        raise PushError(f"set {', '.join(missing)} (environment or .dlt/secrets.toml) to push to ASAPP")
-    return str(base_url), str(api_id), str(api_secret)
-
-
 @locked(PIPELINE, "elt push")
 def push(dry_run: bool = False, on_progress: Callable[[int, int], None] | None = None) -> PushStats:
     """Push the new, changed and owed customer_metadata rows; log every outcome. on_progress(rows checked,
@@ -216,7 +205,7 @@ def _sending(run: _Run, pipeline: Any, query: str) -> Iterator[pa.Table]:
                 if run.stop.is_set():
                     break
                 if batch.num_rows:
-                    client = client or MetadataClient(*_api_config())
+                    client = client or MetadataClient(_api())
                     ids, wires = batch["event_id"].to_pylist(), batch["wire"].to_pylist()
                     in_flight.append((batch, pool.submit(client.send, ids, wires)))
                 if len(in_flight) == settings.CONCURRENT_REQUESTS:
@@ -308,6 +297,12 @@ def _batches(run: _Run, parts: Iterator[_Part]) -> Iterator[pa.Table]:
         yield part.valid.slice(0, 0)
     if rest := sum(table.num_rows for table in pending):
         yield pa.concat_tables(pending).slice(0, rest)
+
+
+def _api() -> settings.AsappApiConfiguration:
+    """The API's settings, resolved by dlt; a missing one is dlt's ConfigFieldMissingException, which the CLI
+    words as the settings to set."""
+    return resolve_configuration(settings.AsappApiConfiguration(), sections=("asapp_api",))
 
 
 @contextmanager

@@ -108,15 +108,17 @@ def _retry_after(response: requests.Response) -> float | None:
 class MetadataClient:
     def __init__(
         self,
-        base_url: str,
-        api_id: str,
-        api_secret: str,
+        api: settings.AsappApiConfiguration,
         *,
         rate: float = settings.MAX_REQUESTS_PER_SECOND,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.url = base_url.rstrip("/") + settings.ENDPOINT
-        self._headers = {"asapp-api-id": api_id, "asapp-api-secret": api_secret, "Content-Type": "application/json"}
+        self.url = api.base_url.rstrip("/") + settings.ENDPOINT
+        self._headers = {
+            "asapp-api-id": api.api_id,
+            "asapp-api-secret": str(api.api_secret),
+            "Content-Type": "application/json",
+        }
         self._local = threading.local()  # a session (its kept-alive connection) per sending thread
         self.limiter = RateLimiter(rate)
         self.sleep = sleep

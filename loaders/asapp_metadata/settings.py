@@ -3,6 +3,10 @@
 
 from pathlib import Path
 
+from dlt.common.configuration import configspec
+from dlt.common.configuration.specs import BaseConfiguration
+from dlt.common.typing import TSecretStrValue
+
 SPEC_PATH = Path(__file__).with_name("openapi.yml")  # ASAPP's published Metadata Ingestion OpenAPI spec
 ENDPOINT = "/metadata-ingestion/v1/many-customer-metadata"
 BATCH_SIZE = 1000  # maxItems of the request's items
@@ -34,3 +38,14 @@ FIELDS = {
     "address_state": "addressState",
     "address_zipcode": "addressZipcode",
 }
+
+
+@configspec
+class AsappApiConfiguration(BaseConfiguration):
+    """ASAPP's API, resolved by dlt from the `asapp_api` section: ASAPP_API__BASE_URL, ASAPP_API__API_ID and
+    ASAPP_API__API_SECRET (a secret), in the environment or in .dlt/config.toml and .dlt/secrets.toml."""
+
+    # dlt's way of declaring a required field: None until resolved, and an error when nothing sets it
+    base_url: str = None  # type: ignore[assignment]
+    api_id: str = None  # type: ignore[assignment]
+    api_secret: TSecretStrValue = None  # type: ignore[assignment]

@@ -360,6 +360,18 @@ def test_missing_mart_is_a_clear_error(api: AsappApiEmulator, warehouse: Warehou
     assert result.returncode == 1 and "run `elt build` first" in result.stderr
 
 
+def test_missing_api_setting_names_it_and_sends_nothing(
+    api: AsappApiEmulator, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_mart(warehouse, 3)
+    monkeypatch.delenv("ASAPP_API__API_SECRET")
+    result = elt("push")
+    assert result.returncode == 1
+    said = result.stdout + result.stderr
+    assert "missing setting(s) api_secret" in said and "ASAPP_API__API_SECRET" in said
+    assert api.state.received == []
+
+
 def test_rate_limiter_spaces_requests() -> None:
     limiter = RateLimiter(100.0)
     started = time.monotonic()
