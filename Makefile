@@ -4,6 +4,8 @@ PYTHON ?= $(firstword $(foreach p,python3.13 python3.12 python3.11,$(shell $(p) 
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Test workers (pytest-xdist): a test file runs whole on one worker, so module fixtures start once.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test venv sysdeps lint generate-check bench lock clean
 
@@ -25,7 +27,7 @@ demo: venv
 
 test: venv sysdeps
 	$(BIN)/elt generate --check
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: venv
 	$(BIN)/ruff check loaders tests bench examples
