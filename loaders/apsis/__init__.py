@@ -25,6 +25,7 @@ from loaders.apsis import settings
 from loaders.apsis.client import ApsisClient
 from loaders.apsis.export_file import parse_export
 from loaders.apsis.request import ApsisRequestError, ExportRequest, ids_from_config, validate, windows
+from loaders.apsis.settings import ApsisConfiguration
 
 log = logging.getLogger(__name__)
 
@@ -116,49 +117,40 @@ def _window(
     return (last - overlap if last else now - initial_lookback), end_at or now
 
 
-@dlt.source(name="apsis", section="apsis", max_table_nesting=0)
+@dlt.source(name="apsis", section="apsis", max_table_nesting=0, spec=ApsisConfiguration)
 def apsis(
     base_url: str = dlt.config.value,
     client_id: str = dlt.config.value,
     client_secret: TSecretStrValue = dlt.secrets.value,
-    attributes: str | list[str] | None = None,
-    tags: str | list[str] | None = None,
-    events: str | list[str] | None = None,
-    section: str | None = None,
-    segment_filter: Any = None,
     start_at: str | None = None,
     end_at: str | None = None,
-    overlap_hours: float = settings.DEFAULT_OVERLAP.total_seconds() / 3600,
-    initial_lookback_days: float = settings.DEFAULT_INITIAL_LOOKBACK.days,
-    export_path: str = settings.EXPORT_PATH,
-    poll_initial_interval: float = settings.POLL_INITIAL_INTERVAL_S,
-    poll_max_interval: float = settings.POLL_MAX_INTERVAL_S,
-    poll_timeout: float = settings.POLL_TIMEOUT_S,
-    request_backoff_factor: float = 1.0,
-    gzip: bool = True,
-    stats: Any = None,
+    config: ApsisConfiguration = dlt.config.value,
+    stats: ApsisStats | None = None,
 ) -> list[DltResource]:
     """APSIS One profiles, attributes, tags and events of a segment (or of the account), and reference data.
 
     Args:
         base_url, client_id, client_secret: the APSIS One API and its OAuth2 client credentials.
-        attributes, tags, events: ids to export (comma separated or lists). Unset: every attribute, tag and
-            event type found through the reference endpoints, within the 75 attributes / 25 tags limits.
-        section: restrict discovery to one section. segment_filter: export only that segment's profiles.
         start_at, end_at: the events window; longer than three months is split into consecutive exports.
             Without start_at, the run starts at the last loaded end_at minus overlap_hours.
+        config: every setting (settings.ApsisConfiguration), resolved by dlt from SOURCES__APSIS__*: what to
+            export (attributes, tags, events; unset: every attribute, tag and event type found through the
+            reference endpoints, within the 75 attributes / 25 tags limits), section, segment_filter, polling.
+        stats: filled with the run's counts.
     """
-    run_stats: ApsisStats = stats if stats is not None else ApsisStats()
+    run_stats = stats if stats is not None else ApsisStats()
     client = ApsisClient(
         base_url,
         client_id,
         client_secret,
-        backoff_factor=request_backoff_factor,
-        poll_initial_interval=poll_initial_interval,
-        poll_max_interval=poll_max_interval,
-        poll_timeout=poll_timeout,
-        gzip_download=gzip,
+        backoff_factor=config.request_backoff_factor,
+        poll_initial_interval=config.poll_initial_interval,
+        poll_max_interval=config.poll_max_interval,
+        poll_timeout=config.poll_timeout,
+        gzip_download=config.gzip,
     )
+    section, segment_filter, export_path = config.section, config.segment_filter, config.export_path
+    attributes, tags, events = config.attributes, config.tags, config.events
     reference = _Reference(client, section)
     explicit_start, explicit_end = _parse_time(start_at), _parse_time(end_at)
 
@@ -178,7 +170,11 @@ def apsis(
         state = dlt.current.source_state()
         attrs, tag_ids, event_ids = requested()
         start, end = _window(
-            state, explicit_start, explicit_end, timedelta(hours=overlap_hours), timedelta(days=initial_lookback_days)
+            state,
+            explicit_start,
+            explicit_end,
+            timedelta(hours=config.overlap_hours),
+            timedelta(days=config.initial_lookback_days),
         )
         parts = windows(start, end)
         for part_start, part_end in parts:  # validate every export before requesting the first

@@ -1,7 +1,15 @@
-"""APSIS One export API: paths, documented limits and polling defaults (reference:
-apsis-profile-in-segment-event-export.txt)."""
+"""APSIS One export API: paths, documented limits, polling defaults (reference:
+apsis-profile-in-segment-event-export.txt), and the source's typed configuration."""
+
+from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
+
+import dlt
+from dlt.common.configuration import configspec
+from dlt.common.configuration.specs import BaseConfiguration
+from dlt.common.typing import TSecretStrValue
 
 TOKEN_PATH = "/oauth/token"
 EXPORT_PATH = "/audience/profiles/exports"
@@ -24,3 +32,29 @@ DOWNLOAD_CHUNK = 1 << 20
 ARROW_BATCH_ROWS = 50_000
 
 POLL_URL_FIELDS = ("poll_url", "file_download_url", "file_download_url_v2", "url")
+
+
+@configspec
+class ApsisConfiguration(BaseConfiguration):
+    """The apsis source's settings, resolved by dlt from `SOURCES__APSIS__<NAME>` or `[sources.apsis]`."""
+
+    base_url: str = dlt.config.value
+    client_id: str = dlt.config.value
+    client_secret: TSecretStrValue = dlt.secrets.value
+    # what to export: ids, comma separated (or a TOML list); unset: everything the reference endpoints list
+    attributes: str | list[str] | None = None
+    tags: str | list[str] | None = None
+    events: str | list[str] | None = None
+    section: str | None = None
+    segment_filter: Any | None = None
+    # the events window; unset: from the last loaded end_at minus overlap_hours, to now
+    start_at: str | None = None
+    end_at: str | None = None
+    overlap_hours: float = DEFAULT_OVERLAP.total_seconds() / 3600
+    initial_lookback_days: float = DEFAULT_INITIAL_LOOKBACK.days
+    export_path: str = EXPORT_PATH
+    poll_initial_interval: float = POLL_INITIAL_INTERVAL_S
+    poll_max_interval: float = POLL_MAX_INTERVAL_S
+    poll_timeout: float = POLL_TIMEOUT_S
+    request_backoff_factor: float = 1.0
+    gzip: bool = True
