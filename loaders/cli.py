@@ -31,6 +31,7 @@ SANDBOX_MODULES = ("asyncssh", "openapi_core")  # what the `sandbox` extra insta
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 out = Console(width=None if sys.stdout.isatty() else 160)
 _state = {"debug": False}
+FROM_HELP = "sftp, file-exporter or mirror (default: the one configured; required when several are)."
 
 log = logging.getLogger("loaders.cli")
 
@@ -98,7 +99,7 @@ def _guard(action: Callable[[], Any]) -> Any:
 
 
 def _print_load_summary(stats: Any) -> None:
-    table = Table(title="elt load asapp")
+    table = Table(title=f"elt load asapp --from {stats.source}" if stats.source else "elt load asapp")
     columns = (
         "feed",
         "partitions loaded",
@@ -150,6 +151,11 @@ def _print_load_summary(stats: Any) -> None:
             out.print(f"[yellow]restated[/] {feed} {escape(key)}: re-exported since its load, loaded again")
         for key in s.held:
             out.print(f"[yellow]held back[/] {feed} {escape(key)}: dated more than a day ahead of now, not loaded")
+        if s.undocumented:
+            out.print(
+                f"[yellow]{feed}: not in export_docs.yaml: loaded to asapp_raw.{feed}, with no staging model (once "
+                "ASAPP documents it, update export_docs.yaml and run `elt generate`)[/]"
+            )
         if s.other_versions:
             out.print(
                 f"[yellow]{feed}: partitions of version {', '.join(sorted(map(escape, s.other_versions)))} loaded to "
@@ -231,8 +237,10 @@ def load_asapp(
             "by itself every SOURCES__ASAPP_SFTP__RESCAN_HOURS, default 24).",
         ),
     ] = False,
+    from_: Annotated[str | None, typer.Option("--from", help=FROM_HELP)] = None,
 ) -> None:
-    """SFTP feeds -> raw tables in schema asapp_raw (one per feed), incrementally, exactly once.
+    """ASAPP feeds (SFTP, File Exporter API or a mirror) -> raw tables in schema asapp_raw (one per feed),
+    incrementally, exactly once.
 
     When the export location holds an export_docs.yaml that differs from the project's, the run warns
     (or, with --strict, fails before loading anything).
@@ -240,7 +248,9 @@ def load_asapp(
     from loaders.loads import load_asapp as run
 
     feed_list = [f.strip() for f in feeds.split(",") if f.strip()] if feeds else None
-    stats = _load_with_progress(run, feed_list, since, strict, max_bad_lines=max_bad_lines, rescan=rescan)
+    stats = _load_with_progress(
+        run, feed_list, since, strict, max_bad_lines=max_bad_lines, rescan=rescan, transport=from_
+    )
     _print_load_summary(stats)
     _fail_on_failed_partitions(stats)
 
@@ -362,11 +372,14 @@ def docs(
 @app.command()
 def status(
     all_feeds: Annotated[bool, typer.Option("--all", help="Also list the feeds never loaded.")] = False,
+    from_: Annotated[str | None, typer.Option("--from", help=FROM_HELP)] = None,
 ) -> None:
     """What has been loaded per ASAPP feed: rows, latest partition, freshness against its sync time."""
+    from loaders.asapp_sftp.transports import choose
     from loaders.export_docs.catalog import read_catalog
     from loaders.status import asapp_status
 
+    transport = _guard(lambda: choose(from_))  # as `elt load asapp` would choose
     feeds = _guard(asapp_status)
     catalog = read_catalog(runtime.project_dir())  # cadence and PII columns (seeds/asapp_feed_catalog.csv)
     table = Table(title="asapp feeds")
@@ -412,6 +425,7 @@ def status(
         "loaded: what it found and did not load (waiting, held back, failed, encrypted); restated: what it loaded "
         "again, re-exported since its load. `elt load asapp --rescan` lists every dt now."
     )
+    out.print(f"transport: {transport} (the raw rows' _asapp_source names the one that delivered each)")
 
 
 @app.command()
@@ -496,7 +510,10 @@ def _print_push_summary(stats: Any, dry_run: bool) -> None:
 
 
 @app.command()
-def run(ctx: typer.Context) -> None:
+def run(
+    ctx: typer.Context,
+    from_: Annotated[str | None, typer.Option("--from", help="ASAPP's transport: " + FROM_HELP)] = None,
+) -> None:
     """The main job: load asapp, load apsis (when configured), dbt build, push (when ASAPP_API__BASE_URL is set)."""
     from loaders.loads import load_apsis as run_apsis
     from loaders.loads import load_asapp as run_asapp
@@ -505,7 +522,7 @@ def run(ctx: typer.Context) -> None:
     # held until the command ends: a second `elt run` must not load while this one builds or pushes
     _guard(lambda: ctx.with_resource(run_lock("run", "elt run")))
 
-    stats = _load_with_progress(run_asapp, None, None)
+    stats = _load_with_progress(run_asapp, None, None, transport=from_)
     _print_load_summary(stats)
     if runtime.is_configured("sources.apsis.base_url"):
         _print_apsis_summary(_guard(lambda: run_apsis(None, None)))
@@ -528,6 +545,9 @@ def run(ctx: typer.Context) -> None:
 def demo(
     days: Annotated[int, typer.Option(help="Days of hourly partitions in the generated export tree.")] = 3,
     workdir: Annotated[Path | None, typer.Option(help="Where the demo writes (default: warehouse/demo).")] = None,
+    from_: Annotated[
+        str, typer.Option("--from", help="The sandbox transport: sftp, file-exporter (its emulator) or mirror.")
+    ] = "sftp",
 ) -> None:
     """The whole flow against the local sandbox: generated exports behind a local SFTP server, load, build, docs."""
     try:
@@ -541,7 +561,7 @@ def demo(
         raise typer.Exit(1) from None
 
     base = workdir or runtime.project_dir() / "warehouse" / "demo"
-    summary = _guard(lambda: run_demo(base.resolve(), days=days))
+    summary = _guard(lambda: run_demo(base.resolve(), days=days, transport=from_))
     out.print(summary.table())
     if summary.push is not None:
         _print_push_summary(summary.push, dry_run=False)

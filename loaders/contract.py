@@ -63,6 +63,12 @@ SPLIT = LineageColumn(
 )
 LINE = LineageColumn("_asapp_line", "bigint", "Line number of the row in its (decompressed) export file.")
 LOADED_AT = LineageColumn("_asapp_loaded_at", "timestamp", "When the loader read the row (UTC).")
+SOURCE = LineageColumn(
+    "_asapp_source",
+    "text",
+    "Transport that delivered the row: sftp, file-exporter or mirror (null: loaded over SFTP by an older version).",
+    staged=False,
+)
 UNTYPED = LineageColumn(
     "_asapp_untyped",
     "text",
@@ -80,7 +86,7 @@ RECORD_KEY = "_asapp_record_key"
 RECORD_KEY_DOC = "Hash of the feed's unique condition (null-safe): the merge key of this model."
 
 # What the loader writes beside a feed's own columns, in this order (dlt adds _dlt_load_id).
-RAW_LINEAGE = (FEED, VERSION, PARTITION_AT, FILE, SPLIT, LINE, LOADED_AT, UNTYPED, EXTRA)
+RAW_LINEAGE = (FEED, VERSION, PARTITION_AT, FILE, SPLIT, LINE, LOADED_AT, SOURCE, UNTYPED, EXTRA)
 # What a staging model carries after the record key, in this order.
 STAGED_LINEAGE = (*(c for c in RAW_LINEAGE if c.staged), DLT_LOAD_ID)
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from loaders import contract, runtime
 from loaders.asapp_sftp import FeedStats, LoadStats, asapp_sftp
+from loaders.asapp_sftp.transports import choose, open_transport
 from loaders.column_types import ColumnTypes
 from loaders.contract import APSIS_PIPELINE, ASAPP_PIPELINE
 from loaders.history import History
@@ -32,16 +33,19 @@ def load_asapp(
     on_progress: Callable[[str, FeedStats], None] | None = None,
     max_bad_lines: int | None = None,
     rescan: bool = False,
+    transport: str | None = None,
 ) -> LoadStats:
-    """SFTP feeds -> asapp_raw.<feed>. Returns the run's counts.
+    """ASAPP feeds -> asapp_raw.<feed>, through `transport` (sftp, file-exporter, mirror; default: the one
+    configured, see transports.choose). Returns the run's counts.
 
     With strict, a server export_docs.yaml that differs from the project's stops the run before anything loads.
     With rescan, every dt of the feeds is listed: late partitions and partitions re-exported since their load are
     loaded (a run also rescans a feed by itself every SOURCES__ASAPP_SFTP__RESCAN_HOURS).
     """
+    name = choose(transport)  # before anything else: several transports configured is one line asking for --from
     pipeline = runtime.pipeline(ASAPP_PIPELINE, ASAPP_DATASET)
     finish_pending(pipeline, row_key=asapp_row_key)
-    stats = LoadStats(on_progress=on_progress)
+    stats = LoadStats(on_progress=on_progress, source=name)
     options: dict[str, Any] = {"feeds": list(feeds) if feeds else None, "since": since, "stats": stats}
     if max_bad_lines is not None:  # else the configured (or default) value
         options["max_bad_lines"] = max_bad_lines
@@ -49,11 +53,11 @@ def load_asapp(
         options["rescan"] = True
     options["column_types"] = ColumnTypes(pipeline)
     with runtime.frozen_heap():
-        _run_asapp(pipeline, options, stats, strict)
+        _run_asapp(pipeline, options, stats, strict, name)
     return stats
 
 
-def _run_asapp(pipeline: Any, options: dict[str, Any], stats: LoadStats, strict: bool) -> None:
+def _run_asapp(pipeline: Any, options: dict[str, Any], stats: LoadStats, strict: bool, transport: str) -> None:
     """The source, run again while a feed has more ready partitions than one run takes (max_partitions)."""
     first = True
     while first or any(s.more for s in stats.feeds.values()):
@@ -61,7 +65,7 @@ def _run_asapp(pipeline: Any, options: dict[str, Any], stats: LoadStats, strict:
         for s in stats.feeds.values():
             s.more = False
         # read again for each chunk: the chunk before it is committed, and dlt's state forgets old partitions
-        source = asapp_sftp(**options, history=History(pipeline))
+        source = asapp_sftp(**options, transport=open_transport(transport), history=History(pipeline))
         if first:
             stats.schema_changes = check_export_docs(stats, strict)
             first = False

@@ -1,21 +1,22 @@
-"""dlt source for ASAPP Messaging exports on SFTP.
+"""dlt source for ASAPP Messaging exports: one walker over the transports that deliver them (transports/: SFTP,
+the File Exporter API, a mirror in a local folder or S3).
 
-Layout: BASE_PATH/FEED/version=V/format=F/dt=YYYY-MM-DD/hr=HH/mi=MM/FEED.jsonl[.NN][.gz][.enc] plus an empty
+Layout: ROOT/FEED/version=V/format=F/dt=YYYY-MM-DD/hr=HH/mi=MM/FEED.jsonl[.NN][.gz][.enc] plus an empty
 _SUCCESS flag once the partition is complete. One resource (and raw table) per feed; a partition is read only
-when its _SUCCESS exists, and is remembered in dlt state in the same load package as its rows, so it is loaded
-exactly once. Only dt folders from (last loaded dt - lookback) on are listed, so a run with nothing new costs
-the same after a week or after a year of history.
+when it is complete (listing.py), and is remembered in dlt state in the same load package as its rows, so it is
+loaded exactly once, whichever transport delivered it (the partition keys are the same for all). Only dt folders
+from (last loaded dt - lookback) on are listed, so a run with nothing new costs the same after a week or after a
+year of history. The source keeps its first name, asapp_sftp, for every transport: existing state stays valid.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import stat
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,8 @@ from dlt.sources import DltResource
 
 from loaders import contract
 from loaders.asapp_sftp import settings
-from loaders.asapp_sftp.connection import (
-    RetryPolicy,
-    SftpChannel,
-    SftpConnection,
-    SftpError,
-    SftpUnreachable,
-    connect_sftp,
-)
+from loaders.asapp_sftp.configuration import AsappSourceConfiguration
+from loaders.asapp_sftp.connection import SftpError, SftpUnreachable
 from loaders.asapp_sftp.decrypt import Decryptor
 from loaders.asapp_sftp.listing import (
     Listing,
@@ -52,9 +47,10 @@ from loaders.asapp_sftp.reader import (
     add_drift,
     reading_database,
 )
+from loaders.asapp_sftp.transports import Transport, TransportError, choose, open_transport
 from loaders.export_docs import untrusted
 
-__all__ = ["FeedStats", "LoadStats", "SftpError", "SftpUnreachable", "asapp_sftp"]
+__all__ = ["FeedStats", "LoadStats", "SftpError", "SftpUnreachable", "TransportError", "asapp_sftp"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +80,7 @@ PARTITION_HINTS: dict[str, TColumnSchema] = {
     "rows": {"data_type": "bigint"},
     "restated": {"data_type": "bool"},
     "adopted": {"data_type": "bool"},  # loaded by an older version: its fingerprint recorded when first rescanned
+    "source": {"data_type": "text"},  # the transport that listed it (null: an SFTP load of an older version)
     "loaded_at": {"data_type": "timestamp", "timezone": False},
 }
 
@@ -106,6 +103,7 @@ class FeedStats:
     held: list[str] = field(default_factory=list)  # partitions dated too far ahead of now: not loaded
     restated: list[str] = field(default_factory=list)  # partitions loaded again: re-exported since their load
     other_versions: set[str] = field(default_factory=set)  # versions loaded that export_docs.yaml does not document
+    undocumented: bool = False  # a feed export_docs.yaml does not document: loaded to raw, no staging model
 
 
 @dataclass
@@ -118,6 +116,7 @@ class LoadStats:
     export_docs_problem: str | None = None  # why the server's export_docs.yaml was not read
     schema_changes: list[Any] = field(default_factory=list)  # its differences from the project's
     reconnects: int = 0  # times a dropped SFTP connection was opened again
+    source: str = ""  # the transport the files came through (sftp, file-exporter, mirror)
     on_progress: Any = None  # called with (feed, FeedStats) after each partition
 
     def feed(self, name: str) -> FeedStats:
@@ -125,11 +124,12 @@ class LoadStats:
 
 
 class _Session:
-    """One SSH connection shared by the feed resources, closed when the last of them finishes."""
+    """One transport (for SFTP: one SSH connection) shared by the feed resources, closed when the last of them
+    finishes."""
 
-    def __init__(self, connection: SftpConnection, stats: LoadStats) -> None:
-        self.connection = connection
-        self.listing = SftpChannel(connection)  # lists the base folder, then the feeds' partitions
+    def __init__(self, transport: Transport, stats: LoadStats) -> None:
+        self.transport = transport
+        self.listing = transport.files()  # lists the root folder, then the feeds' partitions
         self.duckdb = reading_database()  # reads and checks the downloaded files, for every feed
         self.stats = stats
         self.users = 0
@@ -141,9 +141,9 @@ class _Session:
 
     def close(self) -> None:
         self.listing.close()
-        self.connection.close()
+        self.transport.close()
         self.duckdb.close()
-        self.stats.reconnects += self.connection.reconnects
+        self.stats.reconnects += self.transport.reconnects
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,6 @@ class FeedRun:
     rescan: bool  # list every dt of the feed, whenever it was last rescanned
     rescan_hours: float
     max_bad_lines: int
-    read_request_bytes: int
     max_partitions: int
     max_line_bytes: int
     max_depth: int
@@ -165,6 +164,8 @@ class FeedRun:
     column_types: Any
     history: Any
     stats: LoadStats
+    source: str = "sftp"  # the transport's name
+    daily_refresh: time | None = None  # the transport's: see ListingScope.complete_through
 
 
 _KEY_DT = re.compile(r"(?:^|/)dt=([0-9]{4}-[0-9]{2}-[0-9]{2})(?:/|$)", re.ASCII)
@@ -217,14 +218,26 @@ def _rescan_due(feed_state: dict[str, Any], run: FeedRun, now: datetime) -> bool
     return now - last >= timedelta(hours=run.rescan_hours)
 
 
+def complete_through(daily_refresh: time | None, now: datetime) -> date | None:
+    """The last day whose partitions are complete without a _SUCCESS flag: the one whose next daily refresh (at
+    daily_refresh UTC the day after) has passed. None for a transport whose partitions always have the flag."""
+    if daily_refresh is None:
+        return None
+    refreshed = now.astimezone(UTC) - timedelta(hours=daily_refresh.hour, minutes=daily_refresh.minute)
+    return refreshed.date() - timedelta(days=1)
+
+
 def _scope(feed: str, feed_state: dict[str, Any], run: FeedRun, rescan: bool, now: datetime) -> ListingScope:
     hold_after = now + timedelta(hours=settings.FUTURE_TOLERANCE_HOURS)
+    through = complete_through(run.daily_refresh, now)
     if not rescan:
         return ListingScope(
             since=_listing_start(feed_state, run.since, run.lookback_days),
             loaded=frozenset(feed_state["loaded"]),
             landed=frozenset(run.history.landed(feed, whole=False) if run.history else ()),
             hold_after=hold_after,
+            complete_through=through,
+            source=run.source,
         )
     since = run.since
     if feed_state.get("rescan_from"):  # the rest of a rescan that had more to load than one chunk
@@ -238,15 +251,23 @@ def _scope(feed: str, feed_state: dict[str, Any], run: FeedRun, rescan: bool, no
         landed=frozenset(run.history.landed(feed, whole=True) if run.history else ()),
         fingerprints=known,
         hold_after=hold_after,
+        complete_through=through,
+        source=run.source,
     )
 
 
+_FINGERPRINT = re.compile(r"(?:[a-z-]+:)?[0-9a-f]{16}", re.ASCII)
+
+
 def _is_fingerprint(value: Any) -> bool:
-    """A loaded partition's state value is its fingerprint (older versions stored the load time instead)."""
-    return isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
+    """A loaded partition's state value is its fingerprint, prefixed by its transport's name unless SFTP (older
+    versions stored the load time instead)."""
+    return isinstance(value, str) and _FINGERPRINT.fullmatch(value) is not None
 
 
-def _partition_row(ready: ReadyPartition, loaded_at: datetime, rows: int, adopted: bool = False) -> dict[str, Any]:
+def _partition_row(
+    ready: ReadyPartition, loaded_at: datetime, rows: int, source: str, adopted: bool = False
+) -> dict[str, Any]:
     p = ready.partition
     return {
         "feed": p.feed,
@@ -255,10 +276,11 @@ def _partition_row(ready: ReadyPartition, loaded_at: datetime, rows: int, adopte
         "partition_at": p.at_naive,
         "fingerprint": ready.fingerprint,
         "files": len(ready.files),
-        "bytes": sum(f.size for f in ready.files),
+        "bytes": sum(f.size or 0 for f in ready.files),
         "rows": rows,
         "restated": ready.restated,
         "adopted": adopted,
+        "source": source,
         "loaded_at": loaded_at.replace(tzinfo=None),
     }
 
@@ -282,7 +304,7 @@ def _feed_partitions(session: _Session, feed: str, run: FeedRun) -> Iterator[Any
         now = now_at.isoformat(timespec="seconds")
         rescan = _rescan_due(state, run, now_at)
         scope = _scope(feed, state, run, rescan, now_at)
-        listing = session.listing.run(f"listing {feed}", lambda sftp: list_partitions(sftp, run.base_path, feed, scope))
+        listing = list_partitions(session.listing, run.base_path, feed, scope)
         fstats = stats.feed(feed)
         fstats.rescanned = rescan
         stats.ignored += listing.ignored
@@ -305,12 +327,11 @@ def _feed_partitions(session: _Session, feed: str, run: FeedRun) -> Iterator[Any
         loads: list[dict[str, Any]] = []  # asapp_raw._partitions rows, yielded once the feed's partitions are read
         for adopted in listing.adopted:  # loaded by an older version: its fingerprint recorded, not read again
             state["loaded"][adopted.partition.key] = adopted.fingerprint
-            loads.append(_partition_row(adopted, now_at, 0, adopted=True))
+            loads.append(_partition_row(adopted, now_at, 0, run.source, adopted=True))
         reader = PartitionReader(
-            session.connection,
+            session.transport,
             run.decryptor,
             run.max_bad_lines,
-            read_request_bytes=run.read_request_bytes,
             database=session.duckdb,
             max_line_bytes=run.max_line_bytes,
             max_depth=run.max_depth,
@@ -348,6 +369,13 @@ def _feed_partitions(session: _Session, feed: str, run: FeedRun) -> Iterator[Any
                     types = run.column_types.get(feed)
                     if hasattr(run.column_types, "version"):  # a plain mapping of types has none
                         documented_version = run.column_types.version(feed)
+                        fstats.undocumented = documented_version is None
+                        if fstats.undocumented:
+                            log.warning(
+                                "feed %s is not in export_docs.yaml: loaded to asapp_raw.%s as text, no staging model",
+                                feed,
+                                feed,
+                            )
             except BaseException as e:
                 types_ready.set_exception(e)
                 raise
@@ -383,7 +411,7 @@ def _feed_partitions(session: _Session, feed: str, run: FeedRun) -> Iterator[Any
                     log.error("%s %s: %s; skipped, will be retried by the next run", feed, partition.key, e)
                     continue
                 # Recorded in the same load package as the rows: both are committed, or neither.
-                loads.append(_partition_row(ready, prepared.loaded_at or now_at, fstats.rows - rows_before))
+                loads.append(_partition_row(ready, prepared.loaded_at or now_at, fstats.rows - rows_before, run.source))
                 state["loaded"][partition.key] = ready.fingerprint
                 state["waiting"].pop(partition.key, None)
                 if state["max_dt"] is None or partition.dt > state["max_dt"]:
@@ -468,7 +496,7 @@ def _read_partition(
             create_table_variant=True,  # the rows after these stay in the feed's table
         )
     fstats.files += len(files)
-    fstats.bytes += sum(f.size for f in files)
+    fstats.bytes += sum(f.size or 0 for f in files)
     log.info("%s %s: %d file(s) read", partition.feed, partition.key, len(files))
 
 
@@ -480,63 +508,45 @@ def _prune(state: dict[str, Any], lookback_days: int) -> None:
         state["loaded"] = {k: v for k, v in state["loaded"].items() if (_key_date(k) or horizon) >= horizon}
 
 
-@dlt.source(name="asapp_sftp", section="asapp_sftp", max_table_nesting=0)
+@dlt.source(name="asapp_sftp", section="asapp_sftp", max_table_nesting=0, spec=AsappSourceConfiguration)
 def asapp_sftp(
-    host: str = dlt.config.value,
-    username: str = dlt.config.value,
-    private_key_path: str = dlt.config.value,
-    known_hosts_path: str | None = dlt.config.value,
-    private_key_passphrase: TSecretStrValue | None = dlt.secrets.value,
-    port: int = 22,
-    base_path: str = "/",
     feeds: Sequence[str] | None = None,
     since: str | None = None,
     lookback_days: int = settings.DEFAULT_LOOKBACK_DAYS,
     rescan: bool = False,
     rescan_hours: float = settings.DEFAULT_RESCAN_HOURS,
-    accept_unknown_host: bool = False,
     max_bad_lines: int = settings.DEFAULT_MAX_BAD_LINES,
     max_partitions: int = settings.DEFAULT_MAX_PARTITIONS_PER_RUN,
-    retry_attempts: int = settings.DEFAULT_RETRY_ATTEMPTS,
-    retry_wait_seconds: float = settings.DEFAULT_RETRY_WAIT_SECONDS,
-    timeout_seconds: float = settings.DEFAULT_TIMEOUT_SECONDS,
-    read_request_bytes: int = settings.DEFAULT_READ_REQUEST_BYTES,
     max_line_bytes: int = settings.DEFAULT_MAX_LINE_BYTES,
     max_depth: int = settings.DEFAULT_MAX_DEPTH,
     max_inflated_bytes: int = settings.DEFAULT_MAX_INFLATED_BYTES,
     decrypt_command: str | None = None,
     gnupg_home: str | None = None,
     gnupg_passphrase: TSecretStrValue | None = dlt.secrets.value,
+    transport: Any = None,
     column_types: Any = None,
     history: Any = None,
     stats: Any = None,
 ) -> list[DltResource]:
-    """ASAPP Messaging feeds on SFTP, one append-only raw table per feed.
+    """ASAPP Messaging feeds, one append-only raw table per feed, through one transport.
 
     Args:
-        host, port, username: the SFTP server (ASAPP: prod-data-sftp.asapp.com, 22, sftp<company>).
-        private_key_path, private_key_passphrase: the key whose public half ASAPP holds.
-        known_hosts_path: known_hosts with the server's host key; unknown or changed keys are refused.
-        base_path: folder holding the feed folders.
         feeds: feeds to load (default: every feed folder found).
         since: ignore partitions with dt before this date (YYYY-MM-DD).
         lookback_days: how many days before the last loaded dt are listed again for late partitions.
         rescan: list every dt of the feeds (a rescan): load the partitions never loaded, and again those whose
             files (names, sizes) or _SUCCESS changed since their load.
         rescan_hours: a run rescans a feed by itself when its last rescan is older than this.
-        accept_unknown_host: trust an unknown host key (never by default).
         max_bad_lines: bad lines a partition may have (they go to asapp_raw._rejects); more fail the partition.
         max_partitions: partitions per feed in this run (oldest first); `load_asapp` runs again for the rest.
-        retry_attempts, retry_wait_seconds: a dropped connection is re-opened and the interrupted listing or
-            download retried, this many times, waiting retry_wait_seconds, then twice as long each time.
-        timeout_seconds: a server silent for this long counts as a dropped connection.
-        read_request_bytes: bytes per SFTP read request (128 KiB; 32768 for a server that answers less per request).
         max_line_bytes, max_depth: a line longer than this, or nested deeper, is a rejected line (asapp_raw._rejects).
         max_inflated_bytes: a gzip or .enc file that inflates to more than this fails its partition (retried).
         decrypt_command, gnupg_home, gnupg_passphrase: how `.enc` files are decrypted: GnuPG (`gpg --batch
             --decrypt`) with the keyring in gnupg_home (or decrypt_command "gpg": the default keyring) and the key's
             passphrase; or any other command reading the encrypted file on stdin and writing the plain file to
             stdout. Without either, partitions with `.enc` files are skipped and listed, never loaded as garbage.
+        transport: where the export tree is (transports/: SFTP, the File Exporter API, a mirror); default: the
+            one configured (transports.choose). The source closes it when its feeds are read.
         column_types: feed -> {column: canonical type} the values are cast to (anything with .get(feed), asked
             only when the feed has partitions to read; other columns land as text): a value that does not cast
             lands in the row's _asapp_untyped as sent, and is counted (FeedStats.drift). With .version(feed)
@@ -550,57 +560,40 @@ def asapp_sftp(
     since_date = date.fromisoformat(since) if since else None
     run_stats: LoadStats = stats if stats is not None else LoadStats()
     decryptor = Decryptor.configure(decrypt_command, gnupg_home, gnupg_passphrase)  # DecryptorError says what to fix
-    connection = SftpConnection(
-        lambda: connect_sftp(
-            host,
-            int(port),
-            username,
-            private_key_path,
-            known_hosts_path,
-            private_key_passphrase=private_key_passphrase,
-            accept_unknown_host=accept_unknown_host,
-            timeout=float(timeout_seconds),
-        ),
-        f"{host}:{port}",
-        RetryPolicy(int(retry_attempts), float(retry_wait_seconds)),
-        float(timeout_seconds),
-    )
-    session = _Session(connection, run_stats)
+    chosen: Transport = transport if transport is not None else open_transport(choose())
+    run_stats.source = chosen.name
+    session = _Session(chosen, run_stats)
+    root = chosen.root
     try:
-
-        def top_level(sftp: Any) -> tuple[list[str], tuple[Path | None, str | None]]:
-            try:
-                entries = sftp.listdir_attr(base_path)
-            except FileNotFoundError as e:
-                raise SftpError(f"base path {base_path!r} does not exist on {host}") from e
-            names = [e.filename for e in entries if stat.S_ISDIR(e.st_mode or 0)]
-            docs: tuple[Path | None, str | None] = (None, None)
-            if any(e.filename == settings.EXPORT_DOCS_NAME and stat.S_ISREG(e.st_mode or 0) for e in entries):
-                docs = fetch_export_docs(sftp, base_path, untrusted.MAX_BYTES)
-            return names, docs
-
-        names, (run_stats.export_docs, problem) = session.listing.run(f"listing {base_path}", top_level)
-        if problem:
-            run_stats.export_docs_problem = problem
-            log.warning("the server's %s", problem)
+        try:
+            entries = session.listing.listdir(root)
+        except FileNotFoundError as e:
+            raise TransportError(f"base path {root!r} does not exist on {chosen.where}") from e
+        except PermissionError as e:
+            raise TransportError(f"base path {root!r} cannot be listed on {chosen.where}: {e}") from e
+        names = [e.name for e in entries if e.is_dir]
+        if any(e.name == settings.EXPORT_DOCS_NAME and e.is_file for e in entries):
+            run_stats.export_docs, problem = fetch_export_docs(session.listing, root, untrusted.MAX_BYTES)
+            if problem:
+                run_stats.export_docs_problem = problem
+                log.warning("the server's %s", problem)
         available = sorted(n for n in names if settings.FEED_NAME.fullmatch(n))
     except BaseException:
         session.close()
         raise
     selected = available if not feeds else [f for f in available if f in set(feeds)]
     for missing in sorted(set(feeds or []) - set(available)):
-        log.warning("feed %s has no folder under %s on %s: nothing to load for it yet", missing, base_path, host)
+        log.warning("feed %s has no folder under %s on %s: nothing to load for it yet", missing, root, chosen.where)
     session.users = len(selected)
     if not selected:
         session.release()
     run = FeedRun(
-        base_path=base_path,
+        base_path=root,
         since=since_date,
         lookback_days=int(lookback_days),
         rescan=bool(rescan),
         rescan_hours=float(rescan_hours),
         max_bad_lines=int(max_bad_lines),
-        read_request_bytes=int(read_request_bytes),
         max_partitions=int(max_partitions),
         max_line_bytes=int(max_line_bytes),
         max_depth=int(max_depth),
@@ -609,6 +602,8 @@ def asapp_sftp(
         column_types=column_types,
         history=history,
         stats=run_stats,
+        source=chosen.name,
+        daily_refresh=chosen.daily_refresh,
     )
     return [
         dlt.resource(

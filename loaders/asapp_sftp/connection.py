@@ -16,17 +16,18 @@ import paramiko
 import tenacity
 
 from loaders.asapp_sftp import settings
+from loaders.asapp_sftp.transports.base import FileChanged, TransportError, TransportUnreachable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-class SftpError(RuntimeError):
+class SftpError(TransportError):
     """A problem the user can fix (configuration, keys, server): the message says how."""
 
 
-class SftpUnreachable(SftpError):
+class SftpUnreachable(SftpError, TransportUnreachable):
     """The server cannot be reached, or the connection dropped: retried with back-off, then reported."""
 
 
@@ -38,12 +39,6 @@ WINDOW_BYTES = 8 << 20
 # a 128 KiB read request arrives in one packet instead of five, each of which paramiko decrypts and queues in
 # Python. A server keeps to its own limit when that is smaller.
 MAX_PACKET_BYTES = 256 << 10
-
-
-class FileChanged(OSError):
-    """A file's downloaded size is not the size the server lists (or listed when the partition was planned): it
-    changed since, or is being rewritten. Not a dropped connection: its partition fails and is retried by the next
-    run, which lists it again."""
 
 
 def download(

@@ -1,21 +1,23 @@
-"""Listing the export layout on SFTP: partitions (ready once their _SUCCESS exists, waiting, or held back), their
-files and a fingerprint of what they hold. Every name is checked against the layout; any other is reported."""
+"""Listing the export layout through a transport: partitions (ready once complete, waiting, or held back), their
+files and a fingerprint of what they hold. Every name is checked against the layout; any other is reported.
+
+A partition is complete once its _SUCCESS flag is listed. A transport that may list none (the File Exporter API
+documents no flag) also names the time of day of its daily refresh: a partition without _SUCCESS is complete once
+the refresh after its day has passed (scope.complete_through), and a later change is caught by the rescan."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import re
-import stat
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePosixPath
 
-import paramiko
-
 from loaders import runtime
 from loaders.asapp_sftp import settings
+from loaders.asapp_sftp.transports.base import Entry, Files
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class DataFile:
     split: int | None
     gzip: bool
     encrypted: bool
-    size: int
+    size: int | None  # None where the transport lists no sizes (the File Exporter API)
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,9 @@ class ListingScope:
     landed: frozenset[tuple[str, datetime]] = frozenset()
     fingerprints: dict[str, str] | None = None
     hold_after: datetime | None = None  # partitions later than this are held back
+    # a partition without _SUCCESS dated this day or before is complete (None: only _SUCCESS makes one complete)
+    complete_through: date | None = None
+    source: str = "sftp"  # the transport listing: a fingerprint another one recorded is not compared (adopted)
 
     @property
     def rescan(self) -> bool:
@@ -118,117 +123,126 @@ def _valid(pattern: re.Pattern[str], name: str) -> str | None:
     return value
 
 
-def _entries(sftp: paramiko.SFTPClient, path: str, listing: Listing) -> list[paramiko.SFTPAttributes]:
+def _entries(files: Files, path: str, listing: Listing) -> list[Entry]:
     """The entries of a folder; none, reported, when it vanished or cannot be read since it was listed."""
     try:
-        return list(sftp.listdir_attr(path))
+        return files.listdir(path)
     except (FileNotFoundError, PermissionError) as e:
         listing.ignored.append(f"{shown(path)} (cannot be listed: {e.strerror or type(e).__name__})")
         return []
 
 
-def _dirs(sftp: paramiko.SFTPClient, path: str, pattern: re.Pattern[str], listing: Listing) -> list[tuple[str, str]]:
+def _dirs(files: Files, path: str, pattern: re.Pattern[str], listing: Listing) -> list[tuple[str, str]]:
     """(value, name) of the sub-folders of path whose name is of the pattern's form, sorted by value; any other
     name is reported as ignored."""
     found = []
-    for entry in _entries(sftp, path, listing):
-        value = _valid(pattern, entry.filename) if stat.S_ISDIR(entry.st_mode or 0) else None
+    for entry in _entries(files, path, listing):
+        value = _valid(pattern, entry.name) if entry.is_dir else None
         if value is not None:
-            found.append((value, entry.filename))
-        elif not entry.filename.startswith("."):
-            listing.ignored.append(f"{shown(path)}/{shown(entry.filename)}")
+            found.append((value, entry.name))
+        elif not entry.name.startswith("."):
+            listing.ignored.append(f"{shown(path)}/{shown(entry.name)}")
     return sorted(found)
 
 
-def fingerprint(files: list[DataFile], success: paramiko.SFTPAttributes) -> str:
-    """What a partition holds, in short: its data files' names and sizes and its _SUCCESS flag's time. ASAPP
-    re-exporting a partition changes one of them."""
+def fingerprint(files: list[DataFile], success: Entry | None, source: str = "sftp") -> str:
+    """What a partition holds, in short: its data files' names and sizes and its _SUCCESS flag's time (None: a
+    partition complete by the daily refresh rule). ASAPP re-exporting a partition changes one of them. A transport
+    other than SFTP (whose fingerprints were recorded before there were others) prefixes its name: fingerprints of
+    two transports are never compared (they list sizes and times differently)."""
     digest = hashlib.sha256()
     for f in sorted(files, key=lambda f: f.name):
-        digest.update(f"{f.name}\0{f.size}\n".encode())
-    digest.update(f"{settings.SUCCESS_FLAG}\0{success.st_mtime or 0}".encode())
-    return digest.hexdigest()[:16]
+        digest.update(f"{f.name}\0{'' if f.size is None else f.size}\n".encode())
+    flag = "refresh" if success is None else success.mtime or 0
+    digest.update(f"{settings.SUCCESS_FLAG}\0{flag}".encode())
+    short = digest.hexdigest()[:16]
+    return short if source == "sftp" else f"{source}:{short}"
 
 
-def _data_files(feed: str, path: str, entries: list[paramiko.SFTPAttributes], listing: Listing) -> list[DataFile]:
+def fingerprint_source(value: str) -> str:
+    """The transport that recorded a fingerprint."""
+    return value.split(":", 1)[0] if ":" in value else "sftp"
+
+
+def _data_files(feed: str, path: str, entries: list[Entry], listing: Listing) -> list[DataFile]:
     file_re = settings.data_file_pattern(feed)
     files = []
     for e in entries:
-        m = file_re.fullmatch(e.filename) if stat.S_ISREG(e.st_mode or 0) else None
+        m = file_re.fullmatch(e.name) if e.is_file else None
         if m:
             split = m.group("split")
             files.append(
                 DataFile(
-                    e.filename,
+                    e.name,
                     int(split) if split is not None else None,
                     bool(m.group("gz")),
                     bool(m.group("enc")),
-                    e.st_size or 0,
+                    e.size,
                 )
             )
-        elif e.filename != settings.SUCCESS_FLAG:
-            listing.ignored.append(f"{shown(path)}/{shown(e.filename)}")
+        elif e.name != settings.SUCCESS_FLAG:
+            listing.ignored.append(f"{shown(path)}/{shown(e.name)}")
     files.sort(key=lambda f: (f.split if f.split is not None else -1, f.name))
     return files
 
 
-def list_partitions(sftp: paramiko.SFTPClient, base_path: str, feed: str, scope: ListingScope) -> Listing:
+def list_partitions(files: Files, base_path: str, feed: str, scope: ListingScope) -> Listing:
     """The partitions of a feed in scope, as ready (_SUCCESS present: to read), waiting, held back or adopted."""
     listing = Listing()
     feed_path = str(PurePosixPath(base_path) / feed)
-    for version, vname in _dirs(sftp, feed_path, settings.VERSION_DIR, listing):
-        for fmt, fname in _dirs(sftp, f"{feed_path}/{vname}", settings.FORMAT_DIR, listing):
+    for version, vname in _dirs(files, feed_path, settings.VERSION_DIR, listing):
+        for fmt, fname in _dirs(files, f"{feed_path}/{vname}", settings.FORMAT_DIR, listing):
             if fmt not in settings.SUPPORTED_FORMATS:
                 listing.ignored.append(f"{feed_path}/{vname}/{fname} (format {fmt} is not supported)")
                 continue
             fmt_path = f"{feed_path}/{vname}/{fname}"
-            for dt, dname in _dirs(sftp, fmt_path, settings.DT_DIR, listing):
+            for dt, dname in _dirs(files, fmt_path, settings.DT_DIR, listing):
                 if scope.since is not None and dt < scope.since.isoformat():
                     continue
-                for hr, hname in _dirs(sftp, f"{fmt_path}/{dname}", settings.HR_DIR, listing):
-                    for mi, mname in _dirs(sftp, f"{fmt_path}/{dname}/{hname}", settings.MI_DIR, listing):
+                for hr, hname in _dirs(files, f"{fmt_path}/{dname}", settings.HR_DIR, listing):
+                    for mi, mname in _dirs(files, f"{fmt_path}/{dname}/{hname}", settings.MI_DIR, listing):
                         partition = Partition(feed, version, fmt, dt, hr, mi, f"{fmt_path}/{dname}/{hname}/{mname}")
-                        _list_partition(sftp, partition, scope, listing)
+                        _list_partition(files, partition, scope, listing)
     return listing
 
 
-def _list_partition(sftp: paramiko.SFTPClient, partition: Partition, scope: ListingScope, listing: Listing) -> None:
+def _list_partition(files: Files, partition: Partition, scope: ListingScope, listing: Listing) -> None:
     if scope.hold_after is not None and partition.at > scope.hold_after:
         listing.held.append(partition)
         return
     loaded = partition.key in scope.loaded or (partition.version, partition.at_naive) in scope.landed
     if loaded and not scope.rescan:
         return
-    entries = _entries(sftp, partition.path, listing)
-    success = next((e for e in entries if e.filename == settings.SUCCESS_FLAG), None)
-    if success is None:
+    entries = _entries(files, partition.path, listing)
+    success = next((e for e in entries if e.name == settings.SUCCESS_FLAG and e.is_file), None)
+    refreshed = scope.complete_through is not None and partition.dt <= scope.complete_through.isoformat()
+    if success is None and not refreshed:
         listing.waiting.append(partition)
         return
     listing.complete += 1
-    files = _data_files(partition.feed, partition.path, entries, listing)
-    now = fingerprint(files, success)
+    data = _data_files(partition.feed, partition.path, entries, listing)
+    now = fingerprint(data, success, scope.source)
     if not scope.rescan:
-        listing.ready.append(ReadyPartition(partition, files, now))
+        listing.ready.append(ReadyPartition(partition, data, now))
         return
     before = (scope.fingerprints or {}).get(partition.key)
-    if before is None and loaded:
-        listing.adopted.append(ReadyPartition(partition, files, now))
+    if (before is None and loaded) or (before is not None and fingerprint_source(before) != scope.source):
+        # loaded by an older version, or through another transport: recorded as this transport sees it, not read
+        listing.adopted.append(ReadyPartition(partition, data, now))
     elif before is None:
-        listing.ready.append(ReadyPartition(partition, files, now))
+        listing.ready.append(ReadyPartition(partition, data, now))
     elif before != now:
-        listing.ready.append(ReadyPartition(partition, files, now, restated=True))
+        listing.ready.append(ReadyPartition(partition, data, now, restated=True))
 
 
-def fetch_export_docs(sftp: paramiko.SFTPClient, base_path: str, max_bytes: int) -> tuple[Path | None, str | None]:
+def fetch_export_docs(files: Files, base_path: str, max_bytes: int) -> tuple[Path | None, str | None]:
     """The server's export_docs.yaml downloaded to a temporary file, or why it was not (larger than max_bytes)."""
     remote = str(PurePosixPath(base_path) / settings.EXPORT_DOCS_NAME)
+    # read to the cap, whatever size the server lists: a file may grow while it is read
+    data = files.read(remote, max_bytes + 1)
+    if len(data) > max_bytes:
+        return None, f"{settings.EXPORT_DOCS_NAME} is larger than {max_bytes} bytes: not read"
     fd, name = tempfile.mkstemp(prefix=runtime.scratch_prefix("export-docs"), suffix=".yaml")
-    with os.fdopen(fd, "wb") as target, sftp.open(remote, "rb") as source:
-        # read to the cap, whatever size the server lists: a file may grow while it is read
-        data = source.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            target.close()
-            Path(name).unlink()
-            return None, f"{settings.EXPORT_DOCS_NAME} is larger than {max_bytes} bytes: not read"
+    with os.fdopen(fd, "wb") as target:
         target.write(data)
     return Path(name), None

@@ -1,4 +1,5 @@
-"""Reading a downloaded partition: inflating, checking and typing its files into Arrow with DuckDB."""
+"""Reading a partition: downloading its files through the transport, inflating, checking and typing them into
+Arrow with DuckDB."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,9 +24,9 @@ from zlib_ng import zlib_ng
 
 from loaders import contract, runtime
 from loaders.asapp_sftp import settings
-from loaders.asapp_sftp.connection import SftpChannel, SftpConnection, SftpError, download
 from loaders.asapp_sftp.decrypt import Decryptor
 from loaders.asapp_sftp.listing import DataFile, Partition
+from loaders.asapp_sftp.transports.base import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +328,8 @@ def _describe(e: BaseException) -> str:
 
 
 class PartitionReader:
-    """Downloads a partition's files (paramiko prefetch) and reads them with DuckDB into Arrow batches.
+    """Downloads a partition's files through the transport (SFTP: paramiko prefetch) and reads them with DuckDB
+    into Arrow batches.
 
     A column with a type (documented in export_docs.yaml, or the raw table's) lands typed, cast by the rule staging
     applies to text (macros/asapp_cast.sql); every other value lands as text: scalars as their JSON text (strings
@@ -342,25 +343,25 @@ class PartitionReader:
 
     def __init__(
         self,
-        connection: SftpConnection,
+        transport: Transport,
         decryptor: Decryptor | None = None,
         max_bad_lines: int = settings.DEFAULT_MAX_BAD_LINES,
         workdir: Path | None = None,
-        read_request_bytes: int = settings.DEFAULT_READ_REQUEST_BYTES,
         database: duckdb.DuckDBPyConnection | None = None,
         max_line_bytes: int = settings.DEFAULT_MAX_LINE_BYTES,
         max_depth: int = settings.DEFAULT_MAX_DEPTH,
         max_inflated_bytes: int = settings.DEFAULT_MAX_INFLATED_BYTES,
     ) -> None:
-        # Downloads run on their own SFTP channel in a background thread, AHEAD partitions ahead of the caller
-        # (gzip files inflated and checked to their end there); a file whose download the connection dropped is
-        # downloaded again on a new connection. A second thread reads each downloaded partition (prepare: every
-        # line parsed, typed, bad lines set aside) into Arrow IPC files on local disk while the next one
-        # downloads, so the network overlaps the CPU, and the caller's thread only hands finished batches to dlt.
-        self.channel = SftpChannel(connection)
+        # Downloads run on their own files of the transport (SFTP: their own channel) in a background thread,
+        # AHEAD partitions ahead of the caller (gzip files inflated and checked to their end there); a file whose
+        # download the connection dropped is downloaded again on a new connection. A second thread reads each
+        # downloaded partition (prepare: every line parsed, typed, bad lines set aside) into Arrow IPC files on
+        # local disk while the next one downloads, so the network overlaps the CPU, and the caller's thread only
+        # hands finished batches to dlt.
+        self.files = transport.files()
+        self.source = transport.name  # each row's _asapp_source
         self.decryptor = decryptor  # for .enc files, in the download thread too
         self.max_bad_lines = max_bad_lines
-        self.read_request_bytes = read_request_bytes
         self.max_line_bytes = max_line_bytes
         self.max_depth = max_depth
         self.max_inflated_bytes = max_inflated_bytes
@@ -373,10 +374,10 @@ class PartitionReader:
         self._prepare_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftp-prepare")
 
     def close(self) -> None:
-        self.channel.abort()  # a download still waiting for the server gives up: the run is ending
+        self.files.abort()  # a download still waiting for the server gives up: the run is ending
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._prepare_pool.shutdown(wait=True, cancel_futures=True)  # one waiting for a cancelled download ends
-        self.channel.close()
+        self.files.close()
         self.con.close()
         if self._own:
             self.database.close()
@@ -397,7 +398,7 @@ class PartitionReader:
                     prepared = self.prepare(partition, files, paths, datetime.now(UTC), types.result(), scans)
             except PartitionError as e:
                 problem = str(e)
-            except SftpError:
+            except TransportError:
                 raise  # the server stayed away, or is refused: the run stops (nothing of this partition lands)
             except Exception as e:  # anything else is this partition's alone: it fails, the others load
                 log.debug("%s: %r", partition.key, e, exc_info=True)
@@ -422,12 +423,7 @@ class PartitionReader:
             remote = f"{partition.path}/{f.name}"
             try:
                 try:
-                    self.channel.run(
-                        f"downloading {remote}",
-                        partial(
-                            download, remote=remote, local=local, request_bytes=self.read_request_bytes, listed=f.size
-                        ),
-                    )
+                    self.files.fetch(remote, local, f.size)
                 except FileNotFoundError as e:
                     return paths, scans, f"{f.name}: not found on the server (removed since it was listed?): {e}"
                 if f.encrypted:
@@ -445,7 +441,7 @@ class PartitionReader:
                         return paths, scans, f"{f.name}: {why}"
                 else:
                     found = scan(local, self.max_line_bytes)
-            except SftpError:
+            except TransportError:
                 raise  # the server stayed away, or is refused: the run stops
             except Exception as e:  # this file's alone (gone, changed, local disk full): its partition fails
                 return paths, scans, f"{f.name}: {_describe(e)}"
@@ -788,6 +784,7 @@ class PartitionReader:
             contract.SPLIT: "null" if f.split is None else str(f.split),
             contract.LINE: LINE,
             contract.LOADED_AT: _sql_str(loaded_at.strftime("%Y-%m-%d %H:%M:%S.%f")),
+            contract.SOURCE: _sql_str(self.source),
         }
         lineage_columns = ", ".join(f"{v}::{c.sql_type} as {c.name}" for c, v in lineage_values.items())
         extra = "null::varchar"

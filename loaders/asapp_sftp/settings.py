@@ -1,6 +1,7 @@
 """Constants of ASAPP's SFTP export layout (reference: asapp-retrieve-messaging-data.md)."""
 
 import re
+from datetime import time
 
 SUCCESS_FLAG = "_SUCCESS"
 # ASAPP's daily feed schema, when the export location carries it (beside the feed folders).
@@ -62,3 +63,13 @@ DEFAULT_MAX_DEPTH = 64
 # A gzip (or .enc) file inflating (decrypting) to more than this fails its partition (retried by the next run, named
 # in the summary): it bounds the temporary disk one downloaded file may take (a 1 MB gzip can hold 1 GB).
 DEFAULT_MAX_INFLATED_BYTES = 8 << 30
+
+# The File Exporter API (transports/file_exporter.py; reference: asapp-fileexporter-openapi.yml).
+FILE_EXPORTER_BASE_URL = "https://api.asapp.com"
+# The API documents no _SUCCESS flag, and that its data refreshes once a day at 02:00 UTC: a day's partitions
+# without a flag are complete once the refresh after that day has passed (listing.py).
+FILE_EXPORTER_DAILY_REFRESH = time(2, 0)
+# A Retry-After longer than this is waited this long (then the back-off's attempts run out as usual).
+FILE_EXPORTER_MAX_RETRY_AFTER_SECONDS = 60.0
+# Presigned URLs asked for one file when each answers 403 (expired) before the run stops.
+FILE_EXPORTER_URL_ATTEMPTS = 3

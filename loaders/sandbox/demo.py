@@ -20,6 +20,7 @@ from loaders.contract import APSIS_RAW_SCHEMA, RAW_SCHEMA, STAGING_SCHEMA
 from loaders.sandbox.apsis_emulator import ApsisEmulator
 from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
 from loaders.sandbox.exports import CUSTOMERS, DEMO_FEEDS, generate_tree
+from loaders.sandbox.file_exporter_emulator import FileExporterEmulator
 from loaders.sandbox.sftp_server import SandboxSftpServer
 
 
@@ -98,7 +99,25 @@ def _venv_command(name: str) -> str:
     return _shown(Path(sys.executable).parent / name)
 
 
-def run_demo(base: Path, days: int = 3) -> DemoSummary:
+def _load_exports(root: Path, keys: Path, transport: str) -> Any:
+    """The generated tree loaded through the sandbox's transport: its SFTP server, its File Exporter API emulator,
+    or the folder itself as a mirror."""
+    from loaders.asapp_sftp.transports import choose
+    from loaders.loads import load_asapp
+
+    if choose(transport) == "sftp":
+        with SandboxSftpServer(root, keys) as endpoint:
+            os.environ.update(endpoint.env())
+            return load_asapp(transport=transport)
+    if transport == "file-exporter":
+        with FileExporterEmulator(root) as api:
+            os.environ.update(api.env())
+            return load_asapp(transport=transport)
+    os.environ["SOURCES__ASAPP_MIRROR__URL"] = str(root)
+    return load_asapp(transport=transport)
+
+
+def run_demo(base: Path, days: int = 3, transport: str = "sftp") -> DemoSummary:
     started = time.monotonic()
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -106,14 +125,12 @@ def run_demo(base: Path, days: int = 3) -> DemoSummary:
     os.environ["ELT_DUCKDB_PATH"] = str(base / "asapp.duckdb")
     os.environ["ELT_PIPELINES_DIR"] = str(base / "pipelines")
     os.environ["ELT_TARGET"] = "duckdb"
-    from loaders.loads import load_apsis, load_asapp
+    from loaders.loads import load_apsis
 
     tree_start = datetime(2026, 11, 1, tzinfo=UTC)
     tree_end = tree_start + timedelta(days=days)
 
-    with SandboxSftpServer(tree.root, base / "keys") as endpoint:
-        os.environ.update(endpoint.env())
-        stats = load_asapp()
+    stats = _load_exports(tree.root, base / "keys", transport)
     with ApsisEmulator(base / "apsis", profiles=CUSTOMERS, polls_until_ready=1) as apsis_api:
         os.environ.update(apsis_api.env())
         os.environ["SOURCES__APSIS__POLL_INITIAL_INTERVAL"] = "0.2"

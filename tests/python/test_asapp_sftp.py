@@ -116,8 +116,11 @@ def test_documented_columns_land_typed_and_the_others_as_exported_text(exports: 
 
 def test_a_feed_not_in_export_docs_lands_as_text(exports: Path, warehouse: Warehouse) -> None:
     write_partition(exports, "brand_new_feed", T0, [{"issue_id": 1, "score": 0.5, "seen_at": "2026-11-01 10:00:00"}])
+    write_partition(exports, "convos_intents", T0, [{"issue_id": 1}])
     stats = load_asapp()
     assert stats.feeds["brand_new_feed"].rows == 1 and not stats.feeds["brand_new_feed"].drift
+    # reported: it lands in raw, and gets no staging model
+    assert stats.feeds["brand_new_feed"].undocumented and not stats.feeds["convos_intents"].undocumented
     got = query(warehouse, "select issue_id, score, seen_at, _asapp_untyped, _asapp_line from asapp_raw.brand_new_feed")
     assert got == [("1", "0.5", "2026-11-01 10:00:00", None, 1)]
 

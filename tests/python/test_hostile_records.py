@@ -22,6 +22,7 @@ from loaders.asapp_sftp.connection import RetryPolicy, SftpConnection, connect_s
 from loaders.asapp_sftp.decrypt import Decryptor
 from loaders.asapp_sftp.listing import DataFile, Partition
 from loaders.asapp_sftp.reader import PartitionReader
+from loaders.asapp_sftp.transports.sftp import SftpTransport
 from loaders.loads import load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
 from loaders.sandbox.openssh import Sshd
@@ -235,6 +236,7 @@ from pathlib import Path
 from loaders.asapp_sftp.connection import RetryPolicy, SftpConnection
 from loaders.asapp_sftp.listing import DataFile, Partition
 from loaders.asapp_sftp.reader import PartitionReader, gunzip
+from loaders.asapp_sftp.transports.sftp import SftpTransport
 from zlib_ng import zlib_ng  # compresses a run of spaces ~15x faster than zlib
 
 directory = Path(sys.argv[1])
@@ -250,7 +252,9 @@ with gz.open("wb") as f:  # ~1.2 MB of gzip: one line of 1.2 GB of spaces betwee
 size = gz.stat().st_size
 plain, problem, _ = gunzip(gz, 1 << 31)
 assert problem is None, problem
-reader = PartitionReader(SftpConnection(lambda: None, "nowhere", RetryPolicy(1, 0.1), 1.0), workdir=directory)
+reader = PartitionReader(
+    SftpTransport(SftpConnection(lambda: None, "nowhere", RetryPolicy(1, 0.1), 1.0)), workdir=directory
+)
 part = Partition("feed", "1", "jsonl", "2026-11-01", "00", "00", str(directory))
 prepared = reader.prepare(part, [DataFile("feed.jsonl.gz", None, True, False, size)], [plain], datetime.now(UTC))
 ids = [i for b in reader.read(prepared) for i in b.column("id").to_pylist()]
@@ -294,7 +298,7 @@ def make_reader(sshd: Sshd) -> Iterator[Callable[..., PartitionReader]]:
             RetryPolicy(attempts=3, wait=0.1),
             10.0,
         )
-        readers.append(PartitionReader(connection, **kwargs))
+        readers.append(PartitionReader(SftpTransport(connection), **kwargs))
         return readers[-1]
 
     yield make
@@ -343,7 +347,7 @@ def test_a_file_that_vanished_or_changed_size_since_the_listing_fails_its_partit
     assert [(mi, ids) for mi, ids, _ in got] == [("00", None), ("01", None), ("02", [4])]
     assert got[0][2] is not None and got[0][2].startswith("feed.jsonl: ") and "no such file" in got[0][2].lower()
     assert got[1][2] is not None and "feed.jsonl: " in got[1][2] and "listed 20 bytes" in got[1][2]
-    assert reader.channel.connection.reconnects == 0  # neither was taken for a dropped connection
+    assert reader.files.channel.connection.reconnects == 0  # neither was taken for a dropped connection
 
 
 def test_an_error_in_a_file_is_its_partitions_problem_not_the_runs(

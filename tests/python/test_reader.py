@@ -19,6 +19,7 @@ import pytest
 from loaders.asapp_sftp.connection import RetryPolicy, SftpConnection, connect_sftp
 from loaders.asapp_sftp.listing import DataFile, Partition
 from loaders.asapp_sftp.reader import PartitionReader, reading_database
+from loaders.asapp_sftp.transports.sftp import SftpTransport
 from loaders.sandbox.openssh import Sshd
 
 TYPES = {"id": "bigint", "score": "double"}
@@ -43,7 +44,7 @@ def make_reader(sshd: Sshd, database: duckdb.DuckDBPyConnection) -> Iterator[Cal
             RetryPolicy(attempts=2, wait=0.1),
             10.0,
         )
-        readers.append(PartitionReader(connection, database=database))
+        readers.append(PartitionReader(SftpTransport(connection), database=database))
         return readers[-1]
 
     yield make
@@ -194,7 +195,7 @@ def test_limits_are_the_readers_own_and_a_long_line_is_found_between_short_ones(
     (directory / "feed.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     f = DataFile("feed.jsonl", None, False, False, (directory / "feed.jsonl").stat().st_size)
     connection = SftpConnection(lambda: None, "nowhere", RetryPolicy(attempts=1, wait=0.1), 1.0)  # type: ignore[arg-type, return-value]
-    reader = PartitionReader(connection, database=database, max_line_bytes=100, max_depth=3)
+    reader = PartitionReader(SftpTransport(connection), database=database, max_line_bytes=100, max_depth=3)
     try:
         prepared = reader.prepare(partition(directory), [f], [directory / f.name], datetime.now(UTC), TYPES)
         assert [(r["id"], r["_asapp_line"]) for r in rows_of(reader, prepared)] == [(1, 1), (4, 4)]
@@ -210,7 +211,7 @@ def test_a_line_too_deep_among_nested_ones_of_a_uniform_file_is_found_and_reject
     # every line has the first line's keys (the one-pass read takes them all) and nests: the count of brackets
     # cannot clear the file, so the lines with many are measured, and the one too deep is rejected
     connection = SftpConnection(lambda: None, "nowhere", RetryPolicy(attempts=1, wait=0.1), 1.0)  # type: ignore[arg-type, return-value]
-    reader = PartitionReader(connection, database=database, max_depth=3)
+    reader = PartitionReader(SftpTransport(connection), database=database, max_depth=3)
     try:
         for name, deep in (("shallow", None), ("deep", 50)):
             directory = tmp_path / name

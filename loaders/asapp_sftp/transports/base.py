@@ -1,0 +1,73 @@
+"""What the walker asks of a transport: list a folder, download or read a file. A transport knows nothing of
+partitions, _SUCCESS, state or dlt; the walker (loaders/asapp_sftp) owns all of that, for every transport."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import time
+from pathlib import Path
+from typing import Protocol
+
+
+class TransportError(RuntimeError):
+    """A problem the user can fix (configuration, credentials, server): the message says how. It stops the run."""
+
+
+class TransportUnreachable(TransportError):
+    """The server cannot be reached, or stayed away through every retry: the run stops, and the next resumes."""
+
+
+class FileChanged(OSError):
+    """A file's downloaded size is not the size the server lists (or listed when the partition was planned): it
+    changed since, or is being rewritten. Not a dropped connection: its partition fails and is retried by the next
+    run, which lists it again."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One name in a folder: a folder, a regular file, or neither (a link, a device: reported, never read). size
+    and mtime are None where the transport does not know them (the File Exporter API lists names only)."""
+
+    name: str
+    is_dir: bool
+    is_file: bool
+    size: int | None = None
+    mtime: float | None = None
+
+
+class Files(Protocol):
+    """One transport's files, used from one thread at a time (the walker lists on one, each reader downloads on
+    its own). Errors: FileNotFoundError or PermissionError for one path (the walker reports it and goes on),
+    FileChanged for a download whose size is not the listed one, TransportError to stop the run."""
+
+    def listdir(self, path: str) -> list[Entry]: ...
+
+    def fetch(self, path: str, local: Path, size: int | None) -> None:
+        """The whole file into local; size: the size listed for it (checked when known)."""
+
+    def read(self, path: str, max_bytes: int) -> bytes:
+        """The file's first max_bytes bytes at most (the caller asks one more than it accepts)."""
+
+    def abort(self) -> None:
+        """Stop waiting for a server that stays away (the run is ending)."""
+
+    def close(self) -> None: ...
+
+
+class Transport(Protocol):
+    """Where ASAPP's export tree lives: the FEED/version=/format=/dt=/hr=/mi= layout under `root`."""
+
+    name: str  # the raw rows' _asapp_source and the `--from` name: sftp, file-exporter, mirror
+    where: str  # for messages: the host or URL, never a credential
+    root: str  # the folder holding the feed folders, in the transport's own paths
+    # For a transport whose partitions may have no _SUCCESS flag (the File Exporter API documents none): the time
+    # of day (UTC) of the daily refresh after which a day's partitions are complete. None: _SUCCESS only.
+    daily_refresh: time | None
+
+    @property
+    def reconnects(self) -> int:
+        """Times a dropped connection was opened again."""
+
+    def files(self) -> Files: ...
+
+    def close(self) -> None: ...
