@@ -8,8 +8,8 @@
 {%- endmacro %}
 {% macro asapp_raw_source(relation, columns) %}select * from {{ relation }}{% endmacro %}
 {% macro relation_or_empty(relation, columns) %}select {{ columns.keys() | join(', ') }} from {{ relation }}{% endmacro %}
-{% macro asapp_staged_versions(arrived, key_columns, columns, read) -%}
-    select {% for c in columns %}{{ c if c in read else 'null as ' ~ c }}, {% endfor %}true as _asapp_staged
+{% macro asapp_staged_versions(arrived, key_columns, columns, read, types) -%}
+    select {% for c in columns %}{{ c if c in read else 'cast(null as text) as ' ~ c }}, {% endfor %}true as _asapp_staged
     from {{ this }} as this_model
     where this_model._asapp_record_key in (select {{ arrived }}._asapp_record_key from {{ arrived }})
 {%- endmacro %}

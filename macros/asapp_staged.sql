@@ -31,30 +31,38 @@
     ]) }}
 {%- endmacro %}
 
-{#- asapp_staged_versions(arrived, key_columns, columns, read): `select` of the staged versions ({{ this }}) of
-    the keys in arrived, with columns (the staged columns, in order) of which only those in read are read (the
-    others are null), and `true as _asapp_staged`. -#}
-{% macro asapp_staged_versions(arrived, key_columns, columns, read) -%}
-    {{ return(adapter.dispatch('asapp_staged_versions', 'asapp_elt')(arrived, key_columns, columns, read)) }}
+{#- asapp_staged_versions(arrived, key_columns, columns, read, types): `select` of the staged versions
+    ({{ this }}) of the keys in arrived, with columns (the staged columns, in order) of which only those in read
+    are read, and `true as _asapp_staged`. The others are nulls of their staged type (types: the feed's columns,
+    name -> canonical type; the record key and the lineage columns have theirs): this select is unioned with the
+    arriving rows, and a bare null would leave each engine to pick the union's type (Postgres drops numeric's
+    precision and scale), which then differs from the staged table's and stops the run (on_schema_change='fail'). -#}
+{% macro asapp_staged_versions(arrived, key_columns, columns, read, types) -%}
+    {{ return(adapter.dispatch('asapp_staged_versions', 'asapp_elt')(arrived, key_columns, columns, read, types)) }}
 {%- endmacro %}
 
-{% macro asapp_staged_select(columns, read) -%}
+{% macro asapp_staged_select(columns, read, types) -%}
+    {%- set staged_types = {'_asapp_record_key': dbt.type_string()} -%}
+    {%- for name, type in types.items() -%}
+        {%- do staged_types.update({name: asapp_type(type)}) -%}
+    {%- endfor -%}
+    {%- do staged_types.update(asapp_lineage_columns()) -%}
     select
         {% for c in columns -%}
-            {{ c if c in read else 'null as ' ~ c }},
+            {{ c if c in read else 'cast(null as ' ~ staged_types[c] ~ ') as ' ~ c }},
         {% endfor -%}
         true as _asapp_staged
     from {{ this }} as this_model
 {%- endmacro %}
 
-{% macro default__asapp_staged_versions(arrived, key_columns, columns, read) -%}
-    {{ asapp_staged_select(columns, read) }}
+{% macro default__asapp_staged_versions(arrived, key_columns, columns, read, types) -%}
+    {{ asapp_staged_select(columns, read, types) }}
     where this_model._asapp_record_key in (select {{ arrived }}._asapp_record_key from {{ arrived }})
 {%- endmacro %}
 
-{% macro duckdb__asapp_staged_versions(arrived, key_columns, columns, read) -%}
+{% macro duckdb__asapp_staged_versions(arrived, key_columns, columns, read, types) -%}
     {%- for condition in asapp_key_matches('this_model', arrived, key_columns) %}
-    {{ asapp_staged_select(columns, read) }}
+    {{ asapp_staged_select(columns, read, types) }}
     where {{ condition }}
     {%- if not loop.last %}
     union all

@@ -118,7 +118,7 @@ candidates as (
             '_asapp_split',
             '_asapp_line',
             '_asapp_loaded_at',
-        ]) }}
+        ], columns) }}
     {% endif %}
 
 ),
