@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from bench import postgres
 from bench.measure import Run, api_emulator_process, run
 from bench.trees import FEEDS, START, TreeInfo, history_tree, line, sized_tree
 from loaders.sandbox.openssh import OpenSshServer, Sshd
@@ -130,6 +131,38 @@ def _push(folder: Path, rows: int, times: int = 1) -> tuple[list[Run], list[floa
     return runs, arrivals
 
 
+def other_transports(
+    sshd: Sshd, tree: TreeInfo, work: Path, mb: float, limit_s: float, log: Callable[[str], None]
+) -> list[Row]:
+    """`elt load asapp` of the tree through the File Exporter API emulator (in this process, on 127.0.0.1) and as a
+    local mirror: one run each."""
+    from loaders.sandbox.file_exporter_emulator import FileExporterEmulator
+
+    rows = []
+    for transport in ("file-exporter", "mirror"):
+        log(f"elt load asapp --from {transport}")
+        env = elt_env(sshd, tree.root, work, transport)
+        if transport == "mirror":
+            env["SOURCES__ASAPP_MIRROR__URL"] = str(tree.root)
+            done = run([ELT, "load", "asapp", "--from", transport], env, cwd=PROJECT)
+        else:
+            with FileExporterEmulator(tree.root) as api:
+                done = run([ELT, "load", "asapp", "--from", transport], {**env, **api.env()}, cwd=PROJECT)
+        rows.append(
+            Row(
+                f"elt load asapp --from {transport}",
+                done.seconds,
+                done.peak_rss / 1e6,
+                mb / done.seconds,
+                tree.rows / done.seconds,
+                done.seconds / limit_s,
+                note="one run; vs the SFTP limit"
+                + ("; the emulator serves files from Python's http.server" if transport == "file-exporter" else ""),
+            )
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> Report:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=float, default=1000.0, help="uncompressed size of the export tree")
@@ -139,6 +172,9 @@ def main(argv: list[str] | None = None) -> Report:
     ap.add_argument("--apsis-profiles", type=int, default=0, help="large APSIS export (default: from --size-mb)")
     ap.add_argument("--push-rows", type=int, default=50_000, help="more than one log part (20,000 rows)")
     ap.add_argument("--push-large-rows", type=int, default=200_000, help="a push's memory with a large mart (0: skip)")
+    ap.add_argument(
+        "--postgres", action=argparse.BooleanOptionalAction, default=True, help="Postgres too (a private server)"
+    )
     ap.add_argument("--out", type=Path, default=PROJECT / "bench" / "results")
     ap.add_argument("--work", type=Path, default=PROJECT / "bench" / "work")
     args = ap.parse_args(argv)
@@ -187,6 +223,23 @@ def main(argv: list[str] | None = None) -> Report:
         report.checks.append(("elt load asapp within 1.5x of the limit", f"{ratio:.2f}x", ratio <= 1.5))
         peak = max(r.peak_rss for r in runs)  # the highest of the repeats, not the median's
         report.checks.append(("peak RSS under 1 GB", f"{peak / 1e6:.0f} MB", peak < 1e9))
+
+        # the same tree through the other transports, once each, beside the (SFTP) limit
+        report.rows += other_transports(sshd, tree, work, mb, limit_s, log)
+
+        if args.postgres:  # the same tree into Postgres, against its own limit; then dbt there
+            pg_rows, pg_checks = postgres.measure(
+                tree,
+                work,
+                args.repeat,
+                lambda: limit_path(sshd, tree, work),
+                lambda name: elt_env(sshd, tree.root, work, name),
+                ELT,
+                PROJECT,
+                log,
+            )
+            report.rows += [Row(**r) for r in pg_rows]
+            report.checks += pg_checks
 
         # (c) the naive dict path, on a sample
         plain = next(f for f in tree.files if f.suffix == ".jsonl" and "utterances" in str(f))
