@@ -1,10 +1,13 @@
-"""What an APSIS One export asks for: the request, its documented limits checked before sending, its windows."""
+"""What an APSIS One export asks for: the request, its documented limits checked before sending, its windows, and
+the parts a request beyond the limits is split into."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from math import ceil
 from typing import Any
 
 import pendulum
@@ -20,8 +23,18 @@ class ApsisRequestError(ApsisError, ValueError):
     """The export request is invalid (checked before anything is sent)."""
 
 
+class ApsisExportFailed(ApsisError):
+    """APSIS could not produce an export (410 or 503 on every new request): a smaller window may succeed."""
+
+
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def window_text(start_at: datetime | None, end_at: datetime | None) -> str:
+    if start_at is None:
+        return "(no events window)"
+    return f"{_iso(start_at)} .. {_iso(end_at) if end_at is not None else 'a week later'}"
 
 
 @dataclass(frozen=True)
@@ -90,9 +103,49 @@ def windows(start_at: datetime, end_at: datetime) -> list[tuple[datetime, dateti
     return result
 
 
+def halves(start_at: datetime, end_at: datetime) -> list[tuple[datetime, datetime]]:
+    """The two halves of a window, split on a whole second."""
+    middle = start_at + timedelta(seconds=(end_at - start_at).total_seconds() // 2)
+    return [(start_at, middle), (middle, end_at)]
+
+
+def parts(
+    attributes: Sequence[str],
+    tags: Sequence[str],
+    events: Sequence[str],
+    start_at: datetime | None,
+    end_at: datetime | None,
+    segment_filter: Any = None,
+) -> list[ExportRequest]:
+    """The exports that together ask for everything: one within the 75 attributes / 25 tags limits, else several,
+    each within them, in the order given (the first holds the first ids), only the first asking for events (so
+    none is exported twice). Their files make one export in raw: the same export_id, joined by profile key."""
+    count = max(1, ceil(len(attributes) / settings.MAX_ATTRIBUTES), ceil(len(tags) / settings.MAX_TAGS))
+    a, t = settings.MAX_ATTRIBUTES, settings.MAX_TAGS
+    return [
+        ExportRequest(
+            tuple(attributes[i * a : (i + 1) * a]),
+            tuple(tags[i * t : (i + 1) * t]),
+            tuple(events) if i == 0 else (),
+            start_at,
+            end_at,
+            segment_filter,
+        )
+        for i in range(count)
+    ]
+
+
 def ids_from_config(value: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """Ids from a setting: a list, a JSON list, or comma separated; in order, each once."""
     if value is None:
         return None
     if isinstance(value, str):
-        return tuple(v.strip() for v in value.split(",") if v.strip())
-    return tuple(str(v) for v in value)
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = [str(v) for v in json.loads(text)]
+            except (ValueError, TypeError) as e:
+                raise ApsisRequestError(f"{text[:80]!r} is not a JSON list of ids: {e}") from None
+        else:
+            value = text.split(",")
+    return tuple(dict.fromkeys(str(v).strip() for v in value if str(v).strip()))

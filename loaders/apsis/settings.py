@@ -1,5 +1,5 @@
-"""APSIS One export API: paths, documented limits, polling defaults (reference:
-apsis-profile-in-segment-event-export.txt), and the source's typed configuration."""
+"""APSIS One export API: paths, documented limits, defaults (reference: apsis-profile-in-segment-event-export.txt),
+and the source's typed configuration."""
 
 from __future__ import annotations
 
@@ -27,9 +27,18 @@ TOKEN_REFRESH_MARGIN_S = 60.0  # refresh a token this long before it expires
 POLL_INITIAL_INTERVAL_S = 2.0
 POLL_MAX_INTERVAL_S = 60.0
 POLL_TIMEOUT_S = 6 * 3600.0
-MAX_EXPORT_ATTEMPTS = 3  # new exports requested after 410 / 503, then fail
+MAX_EXPORT_ATTEMPTS = 3  # new exports requested after 410 / 503, then a smaller window, then fail
+MAX_REDIRECTS = 5  # a poll URL may redirect to the file's storage (a presigned URL)
 DOWNLOAD_CHUNK = 1 << 20
 ARROW_BATCH_ROWS = 50_000
+# Room on disk an export may take, downloaded and again inflated: large enough for any export APSIS produces, small
+# enough that a server streaming without end fills neither the disk nor the run's time.
+MAX_EXPORT_BYTES = 8 << 30
+DOWNLOAD_TIMEOUT_S = 2 * 3600.0
+MIN_WINDOW_HOURS = 1.0  # a failed export's window is halved down to this before the run gives up
+
+REJECTS_TABLE = "_rejects"
+REJECT_RAW_LIMIT = 2000  # characters of a rejected value's JSON kept in _rejects
 
 POLL_URL_FIELDS = ("poll_url", "file_download_url", "file_download_url_v2", "url")
 
@@ -58,3 +67,6 @@ class ApsisConfiguration(BaseConfiguration):
     poll_timeout: float = POLL_TIMEOUT_S
     request_backoff_factor: float = 1.0
     gzip: bool = True
+    max_export_bytes: int = MAX_EXPORT_BYTES
+    download_timeout: float = DOWNLOAD_TIMEOUT_S
+    min_window_hours: float = MIN_WINDOW_HOURS

@@ -4,12 +4,18 @@ OAuth2 client credentials; reference endpoints (sections, attributes, tags, even
 (validated: attributes/tags limits, start_at with events, three-month window; 429 when injected); the poll URL
 answers 404 while "processing", then 200 streaming a generated export (gzip when asked), 410 once expired or
 unknown, and 503 / 429 when injected. Exports are generated to disk and streamed, so they can be large.
+
+For the hostile cases: more attributes and tags than one export may hold, raw profiles added verbatim to the file,
+a body trickled slowly, and a second host (`DownloadHost`, http or https) that serves the files without
+authentication as a presigned storage URL does, reached from the export answer or by a redirect of the poll URL;
+it records every request it gets, so a test can check that no token reached it.
 """
 
 from __future__ import annotations
 
 import json
 import secrets
+import ssl
 import threading
 import time
 import uuid
@@ -22,6 +28,8 @@ from typing import Any
 import pendulum
 
 from loaders.sandbox.http_server import Emulator, JsonHandler, LocalServer
+
+FILE_PATH = "/audience/profiles/exports/{id}/file"
 
 SECTION = "com.apsis1.sections.main"
 ATTRIBUTES = [
@@ -46,6 +54,7 @@ class Export:
     path: Path
     created: float
     polls: int = 0
+    ready: threading.Event = field(default_factory=threading.Event)  # the file is written ("processed")
 
 
 @dataclass
@@ -64,6 +73,13 @@ class ApsisState:
     inject_poll: list[int] = field(default_factory=list)  # answered to the next polls, in order
     inject_request: list[int] = field(default_factory=list)  # answered to the next export requests
     revoke_on_poll: int = 0  # when the Nth poll arrives, every token issued so far stops working (401)
+    extra_attributes: int = 0  # attributes attr_000... listed and exported beside ATTRIBUTES
+    extra_tags: int = 0  # tags tag_000... beside TAGS
+    inject_profiles: dict[str, Any] = field(default_factory=dict)  # written into every export as they are
+    download_base: str = ""  # the export answer points at this host (a DownloadHost) instead of the poll URL
+    redirect_base: str = ""  # a ready poll URL answers 307 to this host instead of the file
+    trickle_seconds: float = 0.0  # the file is sent in 4 KiB pieces this far apart
+    downloads: list[dict[str, str]] = field(default_factory=list)  # what a DownloadHost received: path, headers
     tokens: dict[str, float] = field(default_factory=dict)
     exports: dict[str, Export] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -74,6 +90,12 @@ class ApsisState:
     def revoke_tokens(self) -> None:
         """Every token issued so far stops working (the client must fetch a new one on 401)."""
         self.tokens.clear()
+
+    def attributes(self) -> list[tuple[str, str, str]]:
+        return [*ATTRIBUTES, *((f"attr_{n:03d}", f"Attribute {n}", "string") for n in range(self.extra_attributes))]
+
+    def tags(self) -> list[tuple[str, str]]:
+        return [*TAGS, *((f"tag_{n:03d}", f"Tag {n}") for n in range(self.extra_tags))]
 
 
 def _when(value: str) -> pendulum.DateTime:
@@ -105,8 +127,9 @@ def write_export(path: Path, body: dict[str, Any], state: ApsisState) -> None:
                 "loyalty_points": (i * 37) % 1000 + 0.5,
                 "opted_in": i % 3 != 0,
             }
-            attributes: dict[str, Any] = {a: {"value": values[a]} for a, _, _ in ATTRIBUTES if a in attrs}
-            for n, (tag, _) in enumerate(TAGS):
+            values.update({f"attr_{n:03d}": f"{n}-{i}" for n in range(state.extra_attributes)})
+            attributes: dict[str, Any] = {a: {"value": values[a]} for a, _, _ in state.attributes() if a in attrs}
+            for n, (tag, _) in enumerate(state.tags()):
                 if tag in tags and i % (n + 2) == 0:
                     attributes[tag] = {"value": None}
             section: dict[str, Any] = {"attributes": attributes}
@@ -129,6 +152,8 @@ def write_export(path: Path, body: dict[str, Any], state: ApsisState) -> None:
                         section["events"].append({**event, "createdAt": _ms(created) + 60_000})
             profile = {"sections": {SECTION: section}}
             f.write(("," if i else "") + json.dumps(f"profile-{i:07d}") + ":" + json.dumps(profile))
+        for n, (key, value) in enumerate(state.inject_profiles.items()):
+            f.write(("," if n or state.profiles else "") + json.dumps(key) + ":" + json.dumps(value))
         f.write("}" + (', "metadata": {"generated": "sandbox"}}' if state.wrap_profiles else ""))
 
 
@@ -147,6 +172,29 @@ def _validate_export(body: Any) -> str | None:
         if end > start.add(months=3):
             return "maximum export time window for events is three months"
     return None
+
+
+def send_export(handler: JsonHandler, export: Export, state: ApsisState) -> None:
+    """A 200 streaming the export file: gzip when the request accepts it (no length then), else plain."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    use_gzip = "gzip" in handler.headers.get("Accept-Encoding", "")
+    if use_gzip:
+        handler.send_header("Content-Encoding", "gzip")
+    else:
+        handler.send_header("Content-Length", str(export.path.stat().st_size))
+    handler.end_headers()
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if use_gzip else None
+    piece = 4096 if state.trickle_seconds else 1 << 20
+    with export.path.open("rb") as f:
+        while chunk := f.read(piece):
+            handler.wfile.write(compressor.compress(chunk) if compressor else chunk)
+            if state.trickle_seconds:
+                handler.wfile.flush()
+                time.sleep(state.trickle_seconds)
+    if compressor:
+        handler.wfile.write(compressor.flush())
+    handler.close_connection = True
 
 
 def make_handler(state: ApsisState) -> type[JsonHandler]:
@@ -188,13 +236,21 @@ def make_handler(state: ApsisState) -> type[JsonHandler]:
                     self.send_json(400, {"title": "Bad Request", "detail": problem})
                     return
                 export = Export(uuid.uuid4().hex, body, state.workdir / f"{uuid.uuid4().hex}.json", time.time())
-                write_export(export.path, body, state)
                 with state.lock:
                     state.requests.append(body)
                     state.exports[export.id] = export
-                url = (
-                    f"http://{self.headers['Host']}/audience/profiles/exports/{export.id}/file"  # as the client saw us
-                )
+
+                def process() -> None:
+                    write_export(export.path, body, state)
+                    export.ready.set()
+
+                # a small export is ready at once (tests count polls); a large one is still "processing" (404) when
+                # the answer goes out, as APSIS does, rather than holding the request past a client's read timeout
+                writer = threading.Thread(target=process, name=f"export-{export.id}", daemon=True)
+                writer.start()
+                writer.join(timeout=5)
+                base = state.download_base or f"http://{self.headers['Host']}"  # as the client saw us
+                url = base + FILE_PATH.format(id=export.id)
                 self.send_json(201, {state.poll_field: url} if state.poll_field else {"message": f"poll {url}"})
                 return
             self.send_json(404, {"title": "Not Found"})
@@ -213,8 +269,8 @@ def make_handler(state: ApsisState) -> type[JsonHandler]:
             elif len(parts) == 4 and parts[:2] == ["audience", "sections"]:
                 kind = parts[3]
                 items = {
-                    "attributes": [{"discriminator": a, "name": n, "type": t} for a, n, t in ATTRIBUTES],
-                    "tags": [{"discriminator": t, "name": n} for t, n in TAGS],
+                    "attributes": [{"discriminator": a, "name": n, "type": t} for a, n, t in state.attributes()],
+                    "tags": [{"discriminator": t, "name": n} for t, n in state.tags()],
                     "events": [{"discriminator": e, "name": n, "versions": [{"id": f"{e}_v1"}]} for e, n in EVENTS],
                 }.get(kind)
                 self.send_json(200, {"items": items}) if items is not None else self.send_json(404, {})
@@ -234,7 +290,7 @@ def make_handler(state: ApsisState) -> type[JsonHandler]:
                 status = injected
             elif export is None or time.time() - export.created > state.export_ttl:
                 status = 410
-            elif export.polls <= state.polls_until_ready:
+            elif export.polls <= state.polls_until_ready or not export.ready.is_set():
                 status = 404
             else:
                 status = 200
@@ -246,21 +302,13 @@ def make_handler(state: ApsisState) -> type[JsonHandler]:
                     {"Retry-After": "1"} if status == 429 else None,
                 )
                 return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            use_gzip = "gzip" in encoding
-            if use_gzip:
-                self.send_header("Content-Encoding", "gzip")
-            else:
-                self.send_header("Content-Length", str(export.path.stat().st_size))
-            self.end_headers()
-            compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if use_gzip else None
-            with export.path.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    self.wfile.write(compressor.compress(chunk) if compressor else chunk)
-            if compressor:
-                self.wfile.write(compressor.flush())
-            self.close_connection = True
+            if state.redirect_base:
+                self.send_response(307)
+                self.send_header("Location", state.redirect_base + FILE_PATH.format(id=export.id))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            send_export(self, export, state)
 
     return Handler
 
@@ -282,4 +330,32 @@ class ApsisEmulator(Emulator):
         }
 
 
-__all__ = ["ApsisEmulator", "ApsisState", "write_export"]
+class DownloadHost(Emulator):
+    """Another host serving an emulator's export files without authentication, as a presigned storage URL does.
+    Over https with an SSL context (the caller's certificate), else plain http. It records the path and headers of
+    every request in state.downloads."""
+
+    def __init__(self, state: ApsisState, context: ssl.SSLContext | None = None) -> None:
+        class Handler(JsonHandler):
+            def do_GET(self) -> None:
+                with state.lock:
+                    state.downloads.append({"path": self.path, **{k.lower(): v for k, v in self.headers.items()}})
+                    parts = self.path.strip("/").split("/")
+                    export = state.exports.get(parts[3]) if len(parts) == 5 else None
+                if export is None or not export.ready.is_set():
+                    self.send_json(404, {"title": "Not Found"})
+                    return
+                send_export(self, export, state)
+
+        self.server = LocalServer(Handler)
+        self.scheme = "http"
+        if context is not None:
+            self.server.httpd.socket = context.wrap_socket(self.server.httpd.socket, server_side=True)
+            self.scheme = "https"
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url.replace("http://", f"{self.scheme}://", 1)
+
+
+__all__ = ["ApsisEmulator", "ApsisState", "DownloadHost", "write_export"]

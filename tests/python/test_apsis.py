@@ -1,5 +1,6 @@
 """The APSIS source against the emulator over real HTTP: every poll status of the documentation, token refresh,
-gzip and plain bodies, window splitting, limits, incremental runs, flat memory on a large export, and dbt."""
+gzip and plain bodies, window splitting, limits, incremental runs, flat memory on a large export, and dbt.
+test_apsis_hostile.py has the hostile cases (token scope, split requests, caps, bad values, smaller windows)."""
 
 from __future__ import annotations
 
@@ -62,8 +63,15 @@ def test_happy_path_lands_all_tables_and_builds(emulator: ApsisEmulator, warehou
             warehouse, "select table_name from information_schema.tables where table_schema = 'apsis_raw'"
         )
     } >= {"sections", "attributes", "tags", "event_types"}
-    # everything requested: all attributes, tags and event types found through the reference endpoints
-    assert emulator.state.requests[0]["attributes"] == [a for a, _, _ in ATTRIBUTES]
+    # everything requested: all attributes, tags and event types found through the reference endpoints, those
+    # customer_metadata reads first
+    assert emulator.state.requests[0]["attributes"] == [
+        "customer_id",
+        "email",
+        "phone",
+        "zip",
+        *(a for a, _, _ in ATTRIBUTES if a not in ("customer_id", "email", "phone", "zip")),
+    ]
 
     assert runtime.run_dbt(["build", "--select", "staging.apsis", "--indirect-selection", "cautious"])
     raw_events = scalar(warehouse, "select count(*) from apsis_raw.events")
@@ -87,11 +95,15 @@ def test_gone_or_failed_export_is_requested_again(emulator: ApsisEmulator, wareh
     assert scalar(warehouse, "select count(*) from apsis_raw.profiles") == 40  # loaded once
 
 
-def test_repeated_processing_failure_ends_with_a_clear_error(emulator: ApsisEmulator, warehouse: Warehouse) -> None:
+def test_repeated_processing_failure_ends_with_a_clear_error(
+    emulator: ApsisEmulator, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCES__APSIS__MIN_WINDOW_HOURS", "24")  # the day is not halved
     emulator.state.inject_poll = [503, 503, 503]
     result = elt("load", "apsis", "--start-at", "2026-11-01", "--end-at", "2026-11-02")
     assert result.returncode == 1
-    assert "could not produce the export after 3 requests" in result.stderr
+    stderr = " ".join(result.stderr.split())  # as one line, however the console wrapped it
+    assert "could not produce the export of 2026-11-01T00:00:00Z .. 2026-11-02T00:00:00Z after 3 requests" in stderr
     assert "Traceback" not in result.stderr
     assert len(emulator.state.requests) == 3
 
@@ -168,20 +180,12 @@ def test_incremental_run_starts_at_last_end_minus_overlap(emulator: ApsisEmulato
     assert scalar(warehouse, "select count(*) from apsis_raw.exports") == 2
 
 
-@pytest.mark.parametrize(
-    ("setting", "value", "message"),
-    [
-        ("ATTRIBUTES", ",".join(f"a{i}" for i in range(76)), "at most 75"),
-        ("TAGS", ",".join(f"t{i}" for i in range(26)), "at most 25"),
-    ],
-)
-def test_limits_are_validated_before_sending(
-    emulator: ApsisEmulator, monkeypatch: pytest.MonkeyPatch, setting: str, value: str, message: str
-) -> None:
-    monkeypatch.setenv(f"SOURCES__APSIS__{setting}", value)
-    with pytest.raises(Exception, match=message):
-        load_apsis(start_at="2026-11-01")
-    assert emulator.state.requests == []
+def test_configured_lists_beyond_the_limits_are_split(emulator: ApsisEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """76 attributes and 26 tags configured: two exports within the limits, nothing dropped."""
+    monkeypatch.setenv("SOURCES__APSIS__ATTRIBUTES", ",".join(f"a{i}" for i in range(76)))
+    monkeypatch.setenv("SOURCES__APSIS__TAGS", ",".join(f"t{i}" for i in range(26)))
+    load_apsis(start_at="2026-11-01", end_at="2026-11-02")
+    assert [(len(r["attributes"]), len(r["tags"])) for r in emulator.state.requests] == [(75, 25), (1, 1)]
 
 
 def test_request_rules() -> None:
@@ -273,9 +277,12 @@ def test_202_means_not_ready_yet(emulator: ApsisEmulator, warehouse: Warehouse) 
     assert scalar(warehouse, "select count(*) from apsis_raw.profiles") == 40
 
 
-def test_expired_poll_url_answers_410_and_ends_in_a_clear_error(emulator: ApsisEmulator) -> None:
+def test_expired_poll_url_answers_410_and_ends_in_a_clear_error(
+    emulator: ApsisEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCES__APSIS__MIN_WINDOW_HOURS", "24")
     emulator.state.export_ttl = -1.0  # every poll URL has already expired (valid for 1 day in production)
     result = elt("load", "apsis", "--start-at", "2026-11-01", "--end-at", "2026-11-02")
-    assert result.returncode == 1 and "could not produce the export after 3 requests" in result.stderr
+    assert result.returncode == 1 and "could not produce the export of 2026-11-01" in " ".join(result.stderr.split())
     assert {s for s, _ in emulator.state.polls} == {410}
     assert len(emulator.state.requests) == 3

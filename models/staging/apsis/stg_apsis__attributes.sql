@@ -1,4 +1,5 @@
--- Attribute values of each profile as of its latest export (a value cleared later is not carried over).
+-- Attribute values of each profile as of its latest export (a value cleared later is not carried over). An attribute
+-- exported with a null value is unset: raw keeps it (value_type 'null'), staging leaves it out.
 with
 
 attribute_values as (
@@ -61,6 +62,7 @@ final as (
             and attribute_values.attribute_id = attribute_definitions.attribute_id
     left join sections
         on attribute_values.section_id = sections.section_id
+    where attribute_values.value is not null
 
 )
 
