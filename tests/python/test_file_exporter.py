@@ -129,3 +129,15 @@ def test_without_success_flags_a_day_loads_once_its_refresh_has_passed(api: Serv
     # the flag appearing later (ASAPP starts listing it) changes the fingerprint: a rescan loads the day again
     api.emulator.state.list_success = True
     assert load_asapp(rescan=True).feeds[FEED].restated == [f"version=1/format=jsonl/dt={old:%Y-%m-%d}/hr=10/mi=00"]
+
+
+def test_urls_that_keep_expiring_stop_the_run_clearly(api: Served, warehouse: Warehouse) -> None:
+    assert api.emulator is not None
+    write_partition(api.root, FEED, T0, rows(1, 2))
+    api.emulator.state.url_ttl = -1  # every presigned URL has expired when it is fetched
+    result = elt("load", "asapp")
+    assert result.returncode == 1
+    assert "presigned URLs in a row answered 403" in result.stderr and "Traceback" not in result.stderr
+    assert api.emulator.state.calls.count("getfeedfile") == 3
+    api.emulator.state.url_ttl = 300
+    assert load_asapp().feeds[FEED].partitions_loaded == 1  # nothing was committed: the next run loads it
