@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "Python 3.11, 3.12 or 3.13 is needed (or PYTHON=...)"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,orchestration,sandbox]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,orchestration,sandbox,spark]"
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -45,7 +45,7 @@ generate-check: venv
 ## Refresh the lock (constraints.txt) after changing pyproject.toml.
 lock:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e ".[dev,orchestration,sandbox]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,orchestration,sandbox,spark]"
 	$(BIN)/python -m pip freeze --exclude-editable > constraints.txt
 
 clean:

@@ -11,9 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# duckdb and postgres are configured here (ELT_DUCKDB_PATH, ELT_PG_*); the others take dlt's own credentials
-# (DESTINATION__<NAME>__CREDENTIALS__...) and the dbt output of the same name in your profile.
-TARGETS = ("duckdb", "postgres", "motherduck", "snowflake", "bigquery", "databricks")
+# duckdb, postgres and spark are configured here (ELT_DUCKDB_PATH, ELT_PG_*, ELT_SPARK_*); the others take dlt's
+# own credentials (DESTINATION__<NAME>__CREDENTIALS__...) and the dbt output of the same name in your profile.
+TARGETS = ("duckdb", "postgres", "spark", "motherduck", "snowflake", "bigquery", "databricks")
 
 
 class ConfigError(RuntimeError):
@@ -54,6 +54,19 @@ def duckdb_path() -> Path:
     return _project_path(os.environ.get("ELT_DUCKDB_PATH", "warehouse/asapp.duckdb"))
 
 
+def spark_warehouse() -> Path:
+    """Spark's folder (ELT_TARGET=spark): its managed tables, its metastore and, by default, the raw files."""
+    return _project_path(os.environ.get("ELT_SPARK_WAREHOUSE", "warehouse/spark"))
+
+
+def spark_raw_url() -> str:
+    """Where dlt lands the raw parquet files on Spark: a local folder or an object-store URL (s3://...)."""
+    url = os.environ.get("ELT_SPARK_RAW_URL", "")
+    if "://" in url:
+        return url
+    return str(_project_path(url) if url else spark_warehouse() / "raw")
+
+
 def pipelines_dir() -> Path:
     """dlt's working folder for our pipelines: `dlt pipeline --pipelines-dir <this> asapp_sftp info`."""
     return _project_path(os.environ.get("ELT_PIPELINES_DIR", "warehouse/pipelines"))
@@ -90,6 +103,11 @@ def configure() -> None:
     os.environ.setdefault("DLT_PROJECT_DIR", str(project_dir()))
     os.environ["ELT_DUCKDB_PATH"] = str(duckdb_path())
     duckdb_path().parent.mkdir(parents=True, exist_ok=True)
+    if target() == "spark":  # absolute, for dbt's Spark session (profiles.yml) and its raw tables
+        os.environ["ELT_SPARK_WAREHOUSE"] = str(spark_warehouse())
+        os.environ["ELT_SPARK_RAW_URL"] = raw = spark_raw_url()
+        if "://" not in raw:  # dbt lists the files in it: an empty folder is no files, a missing one an error
+            Path(raw).mkdir(parents=True, exist_ok=True)
     # Arrow batches skip dlt's normalizer: ask it to stamp the load id anyway, for lineage.
     os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
     # The push log (pipeline asapp_metadata) goes as Arrow too, and keeps dlt's row id, as its rows had when they
@@ -132,6 +150,10 @@ def destination() -> Any:
         # every run's start-up) only to find it is not one
         duck.database = str(duckdb_path())
         return dlt.destinations.duckdb(credentials=duck)
+    if target() == "spark":
+        # dlt has no Spark destination: raw lands as parquet files, which dbt registers as tables when it starts
+        # (macros/spark/asapp_register_raw.sql)
+        return dlt.destinations.filesystem(bucket_url=spark_raw_url())
     if target() != "postgres":
         return target()  # dlt resolves the destination's credentials from its configuration
     env = os.environ

@@ -1,4 +1,4 @@
-"""Small helpers shared by the tests: read the warehouse (DuckDB or Postgres), run the CLI as a user would."""
+"""Small helpers shared by the tests: read the warehouse (DuckDB, Postgres or Spark), run the CLI as a user would."""
 
 from __future__ import annotations
 
@@ -98,6 +98,36 @@ class PgWarehouse(Warehouse):
             con.commit()
         finally:
             con.close()
+
+
+@dataclass
+class SparkWarehouse(Warehouse):
+    """The Spark session that dbt-spark (method: session) started in this process, and its catalog: one per test
+    process, since a session's warehouse folder and metastore are fixed when it starts."""
+
+    dir: Path  # type: ignore[misc]
+    engine: str = "spark"
+
+    @staticmethod
+    def _session() -> Any:
+        from pyspark.sql import SparkSession
+
+        return SparkSession.builder.getOrCreate()
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in self._session().sql(sql).collect()]
+
+    def reset(self) -> None:
+        """An empty catalog for the next test: every database but default dropped, with its tables (the raw
+        tables are external: their files stay with the test that wrote them)."""
+        from pyspark import SparkContext
+
+        if SparkContext._active_spark_context is None:  # dbt has not started the session yet: nothing to drop
+            return
+        session = self._session()
+        for database in session.catalog.listDatabases():
+            if database.name != "default":
+                session.sql(f"drop database `{database.name}` cascade")
 
 
 def query(db: Warehouse, sql: str) -> list[tuple[Any, ...]]:
