@@ -23,7 +23,7 @@ import duckdb
 
 from bench import postgres
 from bench.measure import Run, api_emulator_process, run
-from bench.trees import FEEDS, START, TreeInfo, history_tree, line, sized_tree
+from bench.trees import FEEDS, START, TreeInfo, history_tree, new_partitions, sized_tree
 from loaders.sandbox.openssh import OpenSshServer, Sshd
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -288,11 +288,7 @@ def main(argv: list[str] | None = None) -> Report:
             # 1% new rows in each feed, in a partition of their own, loaded; then the incremental run
             at = START + timedelta(days=1, hours=i)
             first_id = 10**9 + i * new_rows
-            for feed in FEEDS:
-                d = tree.root / feed / "version=1" / "format=jsonl" / f"dt={at:%Y-%m-%d}" / f"hr={at:%H}" / "mi=00"
-                d.mkdir(parents=True)
-                (d / f"{feed}.jsonl").write_text("".join(line(feed, first_id + k, at) for k in range(new_rows)))
-                (d / "_SUCCESS").write_bytes(b"")
+            new_partitions(tree.root, at, first_id, new_rows)
             run([ELT, "load", "asapp"], env, cwd=PROJECT)
             log(f"dbt incremental run over 1% new rows in each feed ({i + 1}/{args.repeat})")
             incr_run = run([ELT, "build", "--select", *models], env, cwd=PROJECT)

@@ -90,3 +90,16 @@ def history_tree(root: Path, days: int, feeds: tuple[str, ...] = FEEDS[:2]) -> i
             (d / "_SUCCESS").write_bytes(b"")
             count += 1
     return count
+
+
+def new_partitions(root: Path, at: datetime, first_id: int, rows: int, feeds: tuple[str, ...] = FEEDS) -> list[Path]:
+    """One partition at `at` in each feed, of `rows` new records (ids from first_id): an hour's new data. Their
+    folders."""
+    folders = []
+    for feed in feeds:
+        d = root / feed / "version=1" / "format=jsonl" / f"dt={at:%Y-%m-%d}" / f"hr={at:%H}" / "mi=00"
+        d.mkdir(parents=True)
+        (d / f"{feed}.jsonl").write_text("".join(line(feed, first_id + k, at) for k in range(rows)))
+        (d / "_SUCCESS").write_bytes(b"")
+        folders.append(d)
+    return folders

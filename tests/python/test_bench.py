@@ -49,7 +49,17 @@ def test_harness_runs_and_writes_its_report(tmp_path: Path, warehouse: object) -
     assert any(r.name == "push, 1200 rows in 2 batches" for r in report.rows)  # the emulator in its own process
     large = {r.name: r for r in report.rows if r.name in ("push, 2500 rows", "the same, nothing changed")}
     assert len(large) == 2 and all(r.peak_rss_mb for r in large.values())
-    assert len(report.checks) == 6
+    # Postgres (a private server): the load against its own limit (download + read + COPY), then dbt there
+    for expected in (
+        "Postgres limit: download + read + COPY",
+        "elt load asapp, Postgres",
+        "dbt full refresh on Postgres, 3 staging models (model time)",
+        "dbt incremental on Postgres, 1% new rows, 3 staging models (model time)",
+    ):
+        assert expected in names
+    pg_load = next(r for r in report.rows if r.name == "elt load asapp, Postgres")
+    assert pg_load.vs_limit and pg_load.rows_per_s
+    assert len(report.checks) == 7
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| elt load asapp |" in md and "| target | measured | met |" in md
     assert (tmp_path / "out" / "results.png").stat().st_size > 5_000
