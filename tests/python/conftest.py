@@ -3,7 +3,9 @@ configuration per test (own DuckDB file, dlt pipelines folder, dbt target folder
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from loaders.sandbox.openssh import OpenSshServer, Sshd, SshdError
 from loaders.sandbox.postgres import Postgres, PostgresError, PostgresServer
-from tests.python.helpers import DuckDbWarehouse, PgWarehouse, Warehouse
+from tests.python.helpers import DuckDbWarehouse, PgWarehouse, SparkWarehouse, Warehouse
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -44,10 +46,20 @@ def postgres_server() -> Iterator[Postgres]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def spark_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Spark's warehouse folder (managed tables, metastore) for the whole test session: dbt-spark starts one Spark
+    session in this process at its first command, which fixes the folder; each test starts on an empty catalog."""
+    if importlib.util.find_spec("pyspark") is None or shutil.which("java") is None:
+        pytest.fail("Spark needs the `spark` extra and a Java runtime: run `make venv sysdeps`")
+    return tmp_path_factory.mktemp("spark")
+
+
 @pytest.fixture
 def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Warehouse:
     """An isolated warehouse (DuckDB file by default; a fresh Postgres database with the indirect parameter
-    "postgres"), with its own dlt pipelines folder and dbt target folder under tmp_path."""
+    "postgres"; an empty Spark catalog and raw files in tmp_path with "spark"), with its own dlt pipelines folder
+    and dbt target folder under tmp_path."""
     for name in list(os.environ):
         if name.startswith(("SOURCES__", "ELT_", "ASAPP_API__")):
             monkeypatch.delenv(name)
@@ -59,6 +71,12 @@ def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.F
     monkeypatch.setenv("ELT_TARGET", engine)
     if engine == "duckdb":
         return DuckDbWarehouse(tmp_path / "asapp.duckdb")
+    if engine == "spark":
+        monkeypatch.setenv("ELT_SPARK_WAREHOUSE", str(request.getfixturevalue("spark_home")))
+        monkeypatch.setenv("ELT_SPARK_RAW_URL", str(tmp_path / "raw"))
+        spark = SparkWarehouse(tmp_path)
+        spark.reset()
+        return spark
     server: Postgres = request.getfixturevalue("postgres_server")
     name = f"t_{uuid.uuid4().hex[:12]}"
     server.create_database(name)
