@@ -164,9 +164,11 @@ def destination() -> Any:
         "password": env.get("ELT_PG_PASSWORD", ""),
         "database": env.get("ELT_PG_DATABASE", "asapp"),
     }
+    from loaders.postgres_destination import postgres
+
     # No unique constraint on _dlt_id: a load job dlt runs again after a kill would then fail on it (and stop every
     # later load) instead of inserting rows that finish_pending removes again, as on DuckDB.
-    return dlt.destinations.postgres(credentials=credentials, create_indexes=False)
+    return postgres(credentials=credentials, create_indexes=False)
 
 
 def pipeline(name: str, dataset: str) -> Any:
