@@ -166,6 +166,7 @@ class FeedRun:
     stats: LoadStats
     source: str = "sftp"  # the transport's name
     daily_refresh: time | None = None  # the transport's: see ListingScope.complete_through
+    flag_times: bool = True  # the transport's: see ListingScope.flag_times
 
 
 _KEY_DT = re.compile(r"(?:^|/)dt=([0-9]{4}-[0-9]{2}-[0-9]{2})(?:/|$)", re.ASCII)
@@ -238,6 +239,7 @@ def _scope(feed: str, feed_state: dict[str, Any], run: FeedRun, rescan: bool, no
             hold_after=hold_after,
             complete_through=through,
             source=run.source,
+            flag_times=run.flag_times,
         )
     since = run.since
     if feed_state.get("rescan_from"):  # the rest of a rescan that had more to load than one chunk
@@ -253,6 +255,7 @@ def _scope(feed: str, feed_state: dict[str, Any], run: FeedRun, rescan: bool, no
         hold_after=hold_after,
         complete_through=through,
         source=run.source,
+        flag_times=run.flag_times,
     )
 
 
@@ -604,6 +607,7 @@ def asapp_sftp(
         stats=run_stats,
         source=chosen.name,
         daily_refresh=chosen.daily_refresh,
+        flag_times=chosen.flag_times,
     )
     return [
         dlt.resource(

@@ -81,6 +81,7 @@ class ListingScope:
     # a partition without _SUCCESS dated this day or before is complete (None: only _SUCCESS makes one complete)
     complete_through: date | None = None
     source: str = "sftp"  # the transport listing: a fingerprint another one recorded is not compared (adopted)
+    flag_times: bool = True  # a _SUCCESS flag's time is part of the fingerprint (Transport.flag_times)
 
     @property
     def rescan(self) -> bool:
@@ -145,15 +146,16 @@ def _dirs(files: Files, path: str, pattern: re.Pattern[str], listing: Listing) -
     return sorted(found)
 
 
-def fingerprint(files: list[DataFile], success: Entry | None, source: str = "sftp") -> str:
+def fingerprint(files: list[DataFile], success: Entry | None, source: str = "sftp", flag_times: bool = True) -> str:
     """What a partition holds, in short: its data files' names and sizes and its _SUCCESS flag's time (None: a
-    partition complete by the daily refresh rule). ASAPP re-exporting a partition changes one of them. A transport
-    other than SFTP (whose fingerprints were recorded before there were others) prefixes its name: fingerprints of
-    two transports are never compared (they list sizes and times differently)."""
+    partition complete by the daily refresh rule; flag_times False: only that the flag is there). ASAPP re-exporting
+    a partition changes one of them. A transport other than SFTP (whose fingerprints were recorded before there
+    were others) prefixes its name: fingerprints of two transports are never compared (they list sizes and times
+    differently)."""
     digest = hashlib.sha256()
     for f in sorted(files, key=lambda f: f.name):
         digest.update(f"{f.name}\0{'' if f.size is None else f.size}\n".encode())
-    flag = "refresh" if success is None else success.mtime or 0
+    flag = "refresh" if success is None else (success.mtime or 0) if flag_times else "listed"
     digest.update(f"{settings.SUCCESS_FLAG}\0{flag}".encode())
     short = digest.hexdigest()[:16]
     return short if source == "sftp" else f"{source}:{short}"
@@ -221,7 +223,7 @@ def _list_partition(files: Files, partition: Partition, scope: ListingScope, lis
         return
     listing.complete += 1
     data = _data_files(partition.feed, partition.path, entries, listing)
-    now = fingerprint(data, success, scope.source)
+    now = fingerprint(data, success, scope.source, scope.flag_times)
     if not scope.rescan:
         listing.ready.append(ReadyPartition(partition, data, now))
         return

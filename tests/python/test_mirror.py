@@ -73,6 +73,10 @@ def test_a_tree_on_s3_loads_once_with_its_lineage(s3: str, bucket: str, tmp_path
     assert query(warehouse, f"select count(*), count(distinct issue_id), min(_asapp_source) from asapp_raw.{FEED}") == [
         (7, 7, "mirror")
     ]
+    # ASAPP re-exports the first partition, the sync uploads it again: a rescan loads it as restated
+    write_partition(root, FEED, T0, [{"issue_id": i} for i in range(7)], splits=2, gz=True)
+    sync(root, s3, bucket)
+    assert load_asapp(rescan=True).feeds[FEED].restated == ["version=1/format=jsonl/dt=2026-11-01/hr=10/mi=00"]
 
 
 def test_refused_credentials_and_a_missing_bucket_are_one_clear_line(

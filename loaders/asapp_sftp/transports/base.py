@@ -63,6 +63,9 @@ class Transport(Protocol):
     # For a transport whose partitions may have no _SUCCESS flag (the File Exporter API documents none): the time
     # of day (UTC) of the daily refresh after which a day's partitions are complete. None: _SUCCESS only.
     daily_refresh: time | None
+    # Whether a _SUCCESS flag's time is the exporter's own (SFTP), so a new time means a re-export. A mirror's times
+    # are its sync's (a copy that rewrites every file would restate every partition), the API lists none.
+    flag_times: bool
 
     @property
     def reconnects(self) -> int:

@@ -300,6 +300,7 @@ class FileExporterTransport:
     name = "file-exporter"
     root = ""  # the API's tree starts at its feeds
     daily_refresh: time | None = settings.FILE_EXPORTER_DAILY_REFRESH
+    flag_times = False  # the API lists names only
 
     def __init__(
         self,

@@ -152,6 +152,7 @@ class MirrorFiles:
 class MirrorTransport:
     name = "mirror"
     daily_refresh: time | None = None  # a mirror copies ASAPP's tree, _SUCCESS flags included
+    flag_times = False  # a file's time is when the sync copied it
 
     def __init__(
         self,

@@ -93,6 +93,7 @@ class SftpFiles:
 class SftpTransport:
     name = "sftp"
     daily_refresh: time | None = None  # ASAPP writes _SUCCESS
+    flag_times = True
 
     def __init__(self, connection: SftpConnection, root: str = "/", read_request_bytes: int = 0) -> None:
         self.connection = connection
