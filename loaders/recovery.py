@@ -65,10 +65,13 @@ def asapp_row_key(table: str) -> Sequence[str]:
     return (contract.VERSION.name, contract.PARTITION_AT.name, contract.FILE.name, contract.LINE.name)
 
 
+# A profile's rows repeat in each part of an export split beyond the 75/25 limits (export_part); a reject is its
+# item and what was wrong with it (two bad values of one item differ in their text).
 APSIS_ROW_KEYS = {
-    "profiles": ("export_id", "profile_key"),
-    "profile_attributes": ("export_id", "profile_key", "section_id", "attribute_id"),
-    "profile_tags": ("export_id", "profile_key", "section_id", "tag_id"),
-    "events": ("export_id", "profile_key", "section_id", "event_index"),
+    "profiles": ("export_id", "export_part", "profile_key"),
+    "profile_attributes": ("export_id", "export_part", "profile_key", "section_id", "attribute_id"),
+    "profile_tags": ("export_id", "export_part", "profile_key", "section_id", "tag_id"),
+    "events": ("export_id", "export_part", "profile_key", "section_id", "event_index"),
     "exports": ("export_id",),
+    "_rejects": ("export_id", "export_part", "profile_key", "section_id", "item", "error", "raw_text"),
 }

@@ -16,7 +16,7 @@ import pytest
 from loaders import runtime
 from loaders.loads import APSIS_DATASET, APSIS_PIPELINE, ASAPP_DATASET, ASAPP_PIPELINE, load_apsis, load_asapp
 from loaders.recovery import APSIS_ROW_KEYS, asapp_row_key, dedupe_loads
-from loaders.sandbox.apsis_emulator import ApsisEmulator
+from loaders.sandbox.apsis_emulator import SECTION, ApsisEmulator
 from loaders.sandbox.exports import write_partition
 from tests.python.helpers import ELT, PROJECT, Warehouse, query
 
@@ -102,6 +102,14 @@ def test_rows_a_rerun_load_job_inserted_twice_are_removed(exports: Path, warehou
     assert sorted(counts, key=lambda r: r[0] != latest) == [(latest, 5, 5), (earlier, 6, 3)]
 
 
+# Profiles the export's documentation does not allow: each is a row of apsis_raw._rejects (two of one profile).
+BAD_PROFILES = {
+    "p-list": [1, 2],
+    "p-sections": {"sections": ["not", "an", "object"]},
+    "p-events": {"sections": {SECTION: {"events": ["not an object", {"createdAt": True}]}}},
+}
+
+
 @pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
 def test_apsis_rows_a_rerun_load_job_inserted_twice_are_removed(
     warehouse: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -109,6 +117,7 @@ def test_apsis_rows_a_rerun_load_job_inserted_twice_are_removed(
     with ApsisEmulator(tmp_path / "apsis", profiles=40, polls_until_ready=1) as api:
         for k, v in {**api.env(), "SOURCES__APSIS__POLL_INITIAL_INTERVAL": "0.01"}.items():
             monkeypatch.setenv(k, v)
+        api.state.inject_profiles = BAD_PROFILES  # rows of _rejects to repeat too
         load_apsis(start_at="2026-11-01", end_at="2026-11-02")
     tables = [f"apsis_raw.{t}" for t in APSIS_ROW_KEYS]
     before = {t: query(warehouse, f"select count(*) from {t}")[0][0] for t in tables}
@@ -128,6 +137,7 @@ def test_apsis_load_killed_at_any_point_then_rerun_loads_each_export_exactly_onc
     with ApsisEmulator(tmp_path / "apsis", profiles=15_000, events_per_profile=4, polls_until_ready=1) as api:
         for k, v in {**api.env(), "SOURCES__APSIS__POLL_INITIAL_INTERVAL": "0.01"}.items():
             monkeypatch.setenv(k, v)
+        api.state.inject_profiles = BAD_PROFILES  # rejects land exactly once too
         temp = tmp_path / "temp"  # where the runs download exports to
         temp.mkdir()
         env = {**os.environ, "TMPDIR": str(temp)}
