@@ -97,3 +97,6 @@ def test_whole_flow_twice(exports: Path, warehouse: Warehouse, tmp_path: Path, m
     assert query(warehouse, "select count(*), count(brand_new) from asapp_raw.convos_intents")[0][1] == 1
     again = dict(query(warehouse, "select issue_id, final_intent_code from staging.stg_asapp__convos_intents"))
     assert again == {**staged, issue: "LATE"}
+    # a feed never delivered keeps its documented types from build to build (rep_convos: numeric(38,5))
+    types = dict((r[0], r[1]) for r in query(warehouse, "describe staging.stg_asapp__rep_convos"))
+    assert types["cume_cross_talk_seconds"] == "decimal(38,5)"
