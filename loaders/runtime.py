@@ -108,6 +108,8 @@ def configure() -> None:
         os.environ["ELT_SPARK_RAW_URL"] = raw = spark_raw_url()
         if "://" not in raw:  # dbt lists the files in it: an empty folder is no files, a missing one an error
             Path(raw).mkdir(parents=True, exist_ok=True)
+        # Spark's own services bind here, not to the machine's first network interface (profiles.yml: the driver)
+        os.environ.setdefault("SPARK_LOCAL_IP", os.environ.get("ELT_SPARK_DRIVER_HOST", "127.0.0.1"))
     # Arrow batches skip dlt's normalizer: ask it to stamp the load id anyway, for lineage.
     os.environ.setdefault("NORMALIZE__PARQUET_NORMALIZER__ADD_DLT_LOAD_ID", "true")
     # The push log (pipeline asapp_metadata) goes as Arrow too, and keeps dlt's row id, as its rows had when they
