@@ -3,10 +3,17 @@ partitions, _SUCCESS, state or dlt; the walker (loaders/asapp_sftp) owns all of 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
+
+import tenacity
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TransportError(RuntimeError):
@@ -21,6 +28,49 @@ class FileChanged(OSError):
     """A file's downloaded size is not the size the server lists (or listed when the partition was planned): it
     changed since, or is being rewritten. Not a dropped connection: its partition fails and is retried by the next
     run, which lists it again."""
+
+
+class Retry(Exception):
+    """An operation failed in a way worth trying again (the server, the store, the network); after: the wait the
+    server asked for (Retry-After, in seconds), when it named one."""
+
+    def __init__(self, message: str, after: float | None = None) -> None:
+        super().__init__(message)
+        self.after = after
+
+
+def retried(what: str, operation: Callable[[], T], *, attempts: int, wait: float, where: str, max_after: float) -> T:
+    """operation(), tried again while it raises Retry: after the wait the server asked for (at most max_after), else
+    after a back-off from `wait` seconds, doubling, with jitter; each retry logged. TransportUnreachable once every
+    attempt failed (raised outside tenacity's handler: the error the user sees is this one, not the internal Retry)."""
+    backoff = tenacity.wait_exponential_jitter(multiplier=wait, max=60.0, jitter=wait / 2)
+
+    def pause(state: tenacity.RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, Retry) and error.after is not None:
+            return min(error.after, max_after)
+        return float(backoff(state))
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=pause,
+        retry=tenacity.retry_if_exception_type(Retry),
+        before_sleep=lambda state: log.warning(
+            "%s: %s; retrying in %.1f s",
+            what,
+            state.outcome.exception() if state.outcome else "?",
+            state.upcoming_sleep,
+        ),
+        reraise=True,
+    )
+    try:
+        return retrying(operation)
+    except Retry as e:
+        failure = e
+    raise TransportUnreachable(
+        f"{what}: {failure} ({attempts} attempts on {where}). The run stops here: nothing of the partitions being "
+        "read was committed, and the next run resumes where this one stopped."
+    ) from failure.__cause__
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,19 @@ from typing import Any, TypeVar
 
 import dlt
 import requests
-import tenacity
 from dlt.common.configuration import configspec, resolve_configuration
 from dlt.common.configuration.specs import BaseConfiguration
 from dlt.common.typing import TSecretStrValue
 
 from loaders.asapp_sftp import settings
-from loaders.asapp_sftp.transports.base import Entry, FileChanged, TransportError, TransportUnreachable
+from loaders.asapp_sftp.transports.base import (
+    Entry,
+    FileChanged,
+    Retry,
+    TransportError,
+    TransportUnreachable,
+    retried,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +68,6 @@ def configured() -> FileExporterConfiguration:
     return config
 
 
-class _Retry(Exception):
-    """Internal: an answer or a network error worth retrying; after: the server's Retry-After, in seconds."""
-
-    def __init__(self, message: str, after: float | None = None) -> None:
-        super().__init__(message)
-        self.after = after
-
-
 def _retry_after(response: requests.Response) -> float | None:
     try:
         return max(0.0, float(response.headers.get("Retry-After", "")))
@@ -97,38 +95,13 @@ class FileExporterFiles:
 
     def _run(self, what: str, operation: Callable[[], T]) -> T:
         t = self.t
-        exponential = tenacity.wait_exponential_jitter(multiplier=t.wait, max=60.0, jitter=t.wait / 2)
-
-        def wait(state: tenacity.RetryCallState) -> float:
-            error = state.outcome.exception() if state.outcome else None
-            if isinstance(error, _Retry) and error.after is not None:
-                return min(error.after, settings.FILE_EXPORTER_MAX_RETRY_AFTER_SECONDS)
-            return float(exponential(state))
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(t.attempts),
-            wait=wait,
-            retry=tenacity.retry_if_exception_type(_Retry),
-            before_sleep=lambda state: log.warning(
-                "%s: %s; retrying in %.1f s",
-                what,
-                state.outcome.exception() if state.outcome else "?",
-                state.upcoming_sleep,
-            ),
-            reraise=True,
-        )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    return operation()
-        except _Retry as e:
-            failure = str(e)
-        else:
-            raise AssertionError("unreachable")  # tenacity either returns or raises
-        # raised outside the handler: the error the user sees is this one, not the internal _Retry
-        raise TransportUnreachable(
-            f"{what}: {failure} ({t.attempts} attempts on {t.where}). The run stops here: nothing of the partitions "
-            "being read was committed, and the next run resumes where this one stopped."
+        return retried(
+            what,
+            operation,
+            attempts=t.attempts,
+            wait=t.wait,
+            where=t.where,
+            max_after=settings.FILE_EXPORTER_MAX_RETRY_AFTER_SECONDS,
         )
 
     def _post(self, operation: str, body: dict[str, str]) -> dict[str, Any]:
@@ -139,13 +112,13 @@ class FileExporterFiles:
                 # listfeeds takes no body
                 response = self.api.post(self.t.base_url + API + operation, json=body or None, timeout=self.t.timeout)
             except requests.RequestException as e:
-                raise _Retry(f"{type(e).__name__}: {e}") from None
+                raise Retry(f"{type(e).__name__}: {e}") from None
             if response.status_code == 401:
                 raise TransportError(f"the File Exporter API refused the credentials (401): check {CREDENTIALS}")
             if response.status_code == 429:
-                raise _Retry(_error(response), _retry_after(response))
+                raise Retry(_error(response), _retry_after(response))
             if response.status_code >= 500:
-                raise _Retry(_error(response), _retry_after(response) if response.status_code == 503 else None)
+                raise Retry(_error(response), _retry_after(response) if response.status_code == 503 else None)
             if response.status_code == 403:
                 raise TransportError(
                     f"the File Exporter API forbids {operation} ({_error(response)}): ask ASAPP to give the API id "
@@ -156,9 +129,9 @@ class FileExporterFiles:
             try:
                 answer = response.json()
             except ValueError:
-                raise _Retry(f"{operation} answered 200 with a body that is not JSON") from None
+                raise Retry(f"{operation} answered 200 with a body that is not JSON") from None
             if not isinstance(answer, dict):
-                raise _Retry(f"{operation} answered 200 with JSON that is not an object")
+                raise Retry(f"{operation} answered 200 with JSON that is not an object")
             return answer
 
         return self._run(f"{operation} {body}", call)
@@ -246,13 +219,13 @@ class FileExporterFiles:
                         if response.status_code == 404:
                             raise FileNotFoundError(2, "the presigned URL answered 404", path)
                         if response.status_code == 429 or response.status_code >= 500:
-                            raise _Retry(f"downloading {path}: HTTP {response.status_code}", _retry_after(response))
+                            raise Retry(f"downloading {path}: HTTP {response.status_code}", _retry_after(response))
                         if response.status_code != 200:
                             raise FileNotFoundError(2, f"the presigned URL answered {response.status_code}", path)
                         write(response)
                         return True
                 except requests.RequestException as e:
-                    raise _Retry(f"{type(e).__name__}: {e}") from None
+                    raise Retry(f"{type(e).__name__}: {e}") from None
 
             if self._run(f"downloading {path}", get):
                 return

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import fsspec
-import tenacity
 from dlt.common.configuration import configspec, resolve_configuration
 from dlt.common.configuration.specs import BaseConfiguration
 
 from loaders.asapp_sftp import settings
-from loaders.asapp_sftp.transports.base import Entry, FileChanged, TransportError, TransportUnreachable
+from loaders.asapp_sftp.transports.base import Entry, FileChanged, Retry, TransportError, retried
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +44,6 @@ def _mtime(info: dict[str, Any]) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-class _Failed(Exception):
-    """Internal: an operation failed in a way worth retrying (the store or the network)."""
-
-
 class MirrorFiles:
     """The mirror's files; an operation the store or the network fails is retried with back-off."""
 
@@ -58,31 +53,14 @@ class MirrorFiles:
 
     def _run(self, what: str, operation: Callable[[], T]) -> T:
         policy = self.transport
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(policy.attempts),
-            wait=tenacity.wait_exponential_jitter(multiplier=policy.wait, max=60.0, jitter=policy.wait / 2),
-            retry=tenacity.retry_if_exception_type(_Failed),
-            before_sleep=lambda state: log.warning(
-                "%s: %s; retrying in %.1f s",
-                what,
-                state.outcome.exception() if state.outcome else "?",
-                state.upcoming_sleep,
-            ),
-            reraise=True,
+        return retried(
+            what,
+            lambda: self._once(what, operation),
+            attempts=policy.attempts,
+            wait=policy.wait,
+            where=policy.where,
+            max_after=0.0,  # a store names no wait
         )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    return self._once(what, operation)
-        except _Failed as e:
-            failure = e
-        else:
-            raise AssertionError("unreachable")  # tenacity either returns or raises
-        # raised outside the handler: the error the user sees is this one, not the internal _Failed
-        raise TransportUnreachable(
-            f"{what}: {failure} ({policy.attempts} attempts on {policy.where}). The run stops here: "
-            "nothing of the partitions being read was committed, and the next run resumes where this one stopped."
-        ) from failure.__cause__
 
     def _once(self, what: str, operation: Callable[[], T]) -> T:
         try:
@@ -103,7 +81,7 @@ class MirrorFiles:
                     f"{what}: no AWS credentials found for {self.transport.where}: set them in the standard AWS chain "
                     "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws, an instance role)"
                 ) from None
-            raise _Failed(f"{type(e).__name__}: {e}") from e
+            raise Retry(f"{type(e).__name__}: {e}") from e
 
     def listdir(self, path: str) -> list[Entry]:
         def entries() -> list[Entry]:
