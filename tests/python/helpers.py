@@ -6,7 +6,8 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,21 @@ def key_copy(key: Path, path: Path, mode: int = 0o600, passphrase: str | None = 
     if passphrase is not None:
         subprocess.run(["ssh-keygen", "-q", "-p", "-N", passphrase, "-f", str(path)], check=True)
     return path
+
+
+@contextmanager
+def apsis_api(folder: Path, monkeypatch: Any, polls_until_ready: int) -> Iterator[Any]:
+    """The APSIS emulator on 127.0.0.1, its settings in the environment, polls and back-off shortened for tests."""
+    from loaders.sandbox.apsis_emulator import ApsisEmulator
+
+    emu = ApsisEmulator(folder, polls_until_ready=polls_until_ready)
+    emu.start()
+    try:
+        for k, v in emu.env().items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("SOURCES__APSIS__POLL_INITIAL_INTERVAL", "0.01")
+        monkeypatch.setenv("SOURCES__APSIS__POLL_MAX_INTERVAL", "0.05")
+        monkeypatch.setenv("SOURCES__APSIS__REQUEST_BACKOFF_FACTOR", "0.01")
+        yield emu
+    finally:
+        emu.stop()

@@ -21,20 +21,13 @@ from loaders.apsis.client import find_poll_url
 from loaders.apsis.request import ApsisRequestError, ExportRequest, validate
 from loaders.loads import load_apsis
 from loaders.sandbox.apsis_emulator import ATTRIBUTES, ApsisEmulator
-from tests.python.helpers import ELT, PROJECT, DuckDbWarehouse, Warehouse, elt, query, scalar
+from tests.python.helpers import ELT, PROJECT, DuckDbWarehouse, Warehouse, apsis_api, elt, query, scalar
 
 
 @pytest.fixture
 def emulator(tmp_path: Path, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApsisEmulator]:
-    emu = ApsisEmulator(tmp_path / "apsis", polls_until_ready=2)
-    emu.start()
-    for k, v in emu.env().items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("SOURCES__APSIS__POLL_INITIAL_INTERVAL", "0.01")
-    monkeypatch.setenv("SOURCES__APSIS__POLL_MAX_INTERVAL", "0.05")
-    monkeypatch.setenv("SOURCES__APSIS__REQUEST_BACKOFF_FACTOR", "0.01")
-    yield emu
-    emu.stop()
+    with apsis_api(tmp_path / "apsis", monkeypatch, polls_until_ready=2) as emu:
+        yield emu
 
 
 def test_happy_path_lands_all_tables_and_builds(emulator: ApsisEmulator, warehouse: Warehouse) -> None:

@@ -23,22 +23,15 @@ from loaders.apsis.export_file import parse_export
 from loaders.apsis.request import ApsisError, ids_from_config, parts
 from loaders.loads import load_apsis
 from loaders.sandbox.apsis_emulator import SECTION, ApsisEmulator, DownloadHost
-from tests.python.helpers import Warehouse, elt, query, scalar
+from tests.python.helpers import Warehouse, apsis_api, elt, query, scalar
 
 WINDOW = {"start_at": "2026-11-01", "end_at": "2026-11-02"}
 
 
 @pytest.fixture
 def api(tmp_path: Path, warehouse: Warehouse, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApsisEmulator]:
-    emu = ApsisEmulator(tmp_path / "apsis", polls_until_ready=1)
-    emu.start()
-    for k, v in emu.env().items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("SOURCES__APSIS__POLL_INITIAL_INTERVAL", "0.01")
-    monkeypatch.setenv("SOURCES__APSIS__POLL_MAX_INTERVAL", "0.05")
-    monkeypatch.setenv("SOURCES__APSIS__REQUEST_BACKOFF_FACTOR", "0.01")
-    yield emu
-    emu.stop()
+    with apsis_api(tmp_path / "apsis", monkeypatch, polls_until_ready=1) as emu:
+        yield emu
 
 
 @pytest.fixture
