@@ -146,10 +146,11 @@ class _Run:
 
 def _probe(pipeline: Any) -> tuple[int, str | None]:
     """The mart's row count, and the push log's name once it exists (not before the first push)."""
+    engine = runtime.target()
     with pipeline.sql_client() as client:
         try:
-            [(count,)] = client.execute_sql(f"select count(*) from marts.{settings.MART}")
-            client.execute_sql(f"select 1 from marts.{settings.MART_ATTRIBUTES} where 1 = 0")
+            [(count,)] = client.execute_sql(f"select count(*) from {plan.mart(engine, settings.MART)}")
+            client.execute_sql(f"select 1 from {plan.mart(engine, settings.MART_ATTRIBUTES)} where 1 = 0")
         except Exception as e:
             raise PushError(f"cannot read marts.{settings.MART}: run `elt build` first ({type(e).__name__})") from e
         table = client.make_qualified_table_name(settings.LOG_TABLE)

@@ -7,7 +7,9 @@ attributes included), its content hash and eventId, and its state against the pu
 - state: `new` (never pushed), `changed` (its content differs from its last outcome's), `owed` (the same content,
   whose last attempt was not acknowledged) or `settled` (acknowledged, or refused locally, with this content).
 
-Only the hash function differs between engines; every value is cast to text, and JSON-quoted by `to_json`.
+Only the hash function differs between engines; every value is cast to text, and JSON-quoted by `to_json`. On
+Spark the plan runs in DuckDB, dlt's query engine over its filesystem destination (where the push log lands), over
+the parquet files of the marts dbt-spark built (`mart`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
+from loaders import runtime
 from loaders.asapp_metadata import settings
 
 SETTLED = ("accepted", "already_persisted", "invalid")  # a last outcome after which the same content is not sent
@@ -28,6 +31,7 @@ _SHA256 = {
     "duckdb": "sha256({})",
     "motherduck": "sha256({})",
     "postgres": "encode(sha256(convert_to({}, 'UTF8')), 'hex')",
+    "spark": "sha256({})",  # run by DuckDB
 }
 
 
@@ -36,6 +40,15 @@ T = TypeVar("T")
 
 class PlanError(RuntimeError):
     """The warehouse cannot plan the push."""
+
+
+def mart(engine: str, table: str) -> str:
+    """The relation the plan reads a mart table from: the table itself; on Spark the parquet files of its managed
+    table (spark.sql.warehouse.dir, profiles.yml), which DuckDB reads."""
+    if engine != "spark":
+        return f"marts.{table}"
+    folder = str(runtime.spark_warehouse() / "tables" / "marts.db" / table).replace("'", "''")
+    return f"read_parquet('{folder}/*.parquet')"
 
 
 def _quoted(expression: str) -> str:
@@ -72,14 +85,14 @@ with attributes as (
         string_agg('{{"name":' || {_quoted("coalesce(attribute_name, '')")}
             || ',"value":' || {_quoted("coalesce(attribute_value, '')")} || '}}', ',' order by attribute_rank)
             as attributes
-    from marts.{settings.MART_ATTRIBUTES}
+    from {mart(engine, settings.MART_ATTRIBUTES)} as attribute_rows
     where attribute_name is not null
     group by {", ".join(keys)}
 ),
 items as (
     select {", ".join(f"m.{k}" for k in keys)},
         concat_ws(',', {", ".join(members[api] for api in sorted(members))}) as members
-    from marts.{settings.MART} as m
+    from {mart(engine, settings.MART)} as m
     left join attributes as a on {_same_keys("a", "m")}
 ),
 hashed as (

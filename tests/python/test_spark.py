@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from loaders import contract, runtime
+from loaders.asapp_metadata import push
 from loaders.loads import load_apsis, load_asapp
 from loaders.sandbox.apsis_emulator import ApsisEmulator
+from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
 from loaders.sandbox.exports import CUSTOMERS, DEMO_FEEDS, generate_tree, write_partition
 from tests.python import test_staging
 from tests.python.helpers import Warehouse, query, scalar
@@ -55,7 +57,8 @@ def columns(warehouse: Warehouse, table: str) -> list[str]:
 
 
 def test_whole_flow_twice(exports: Path, warehouse: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """load asapp, load apsis, build; then a later hour's export with a column the raw table lacks, load, build."""
+    """load asapp, load apsis, build, push; then a later hour's export with a column the raw table lacks, load,
+    build."""
     tree = generate_tree(exports, days=1, issues_per_hour=6)
     load_asapp()
     with ApsisEmulator(tmp_path / "apsis", profiles=CUSTOMERS, polls_until_ready=1) as apsis_api:
@@ -78,6 +81,19 @@ def test_whole_flow_twice(exports: Path, warehouse: Warehouse, tmp_path: Path, m
     assert {c.name for c in contract.STAGED_LINEAGE} <= set(columns(warehouse, "asapp_raw.convos_intents"))
     assert scalar(warehouse, "select count(*) from staging.stg_asapp__admin_activity") == 0
     assert len(query(warehouse, "show tables in staging")) >= 43
+    # the push plans in DuckDB over the marts' parquet files and the push log dlt wrote beside the raw files
+    with AsappApiEmulator() as asapp_api:
+        for k, v in asapp_api.env().items():
+            monkeypatch.setenv(k, v)
+        pushed = push()
+        assert pushed.accepted > 0 and pushed.failed == 0
+        assert (
+            pushed.accepted + pushed.invalid
+            == pushed.rows
+            == scalar(warehouse, "select count(*) from marts.customer_metadata")
+        )
+        assert len(asapp_api.state.persisted) == pushed.accepted and asapp_api.state.invalid_requests == []
+        assert push().sent == 0  # the log was read back: nothing changed, nothing sent again
 
     # The next hour: a re-export of an issue (a later instance_ts wins), and a key no earlier file had. The raw
     # table gains the column (null in the earlier files' rows), the build goes on.
