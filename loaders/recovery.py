@@ -34,6 +34,8 @@ def finish_pending(pipeline: Any, row_key: RowKey | None = None) -> None:
 def dedupe_loads(pipeline: Any, load_ids: list[str], row_key: RowKey) -> None:
     """Delete the second and later copies of rows (same row_key) that the packages load_ids inserted."""
     engine = runtime.target()
+    if engine == "spark":  # dlt's filesystem destination: a job run again rewrites its own file, nothing doubles
+        return
     row_id = {"duckdb": "rowid", "motherduck": "rowid", "postgres": "ctid"}.get(engine)
     if row_id is None:
         log.warning("cannot check %s for rows loaded twice after an interruption on %s", load_ids, engine)
