@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from bench import postgres
+from bench import postgres, spark
 from bench.measure import Run, api_emulator_process, run
 from bench.trees import FEEDS, START, TreeInfo, history_tree, new_partitions, sized_tree
 from loaders.sandbox.openssh import OpenSshServer, Sshd
@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> Report:
     ap.add_argument(
         "--postgres", action=argparse.BooleanOptionalAction, default=True, help="Postgres too (a private server)"
     )
+    ap.add_argument(
+        "--spark", action=argparse.BooleanOptionalAction, default=True, help="Spark too (the `spark` extra, a JDK)"
+    )
     ap.add_argument("--out", type=Path, default=PROJECT / "bench" / "results")
     ap.add_argument("--work", type=Path, default=PROJECT / "bench" / "work")
     args = ap.parse_args(argv)
@@ -240,6 +243,14 @@ def main(argv: list[str] | None = None) -> Report:
             )
             report.rows += [Row(**r) for r in pg_rows]
             report.checks += pg_checks
+
+        if args.spark:  # the same tree into Spark's parquet, then its staging models built by dbt-spark
+            spark_env = {
+                **elt_env(sshd, tree.root, work, "spark"),
+                "ELT_TARGET": "spark",
+                "ELT_SPARK_WAREHOUSE": str(work / "spark" / "warehouse"),
+            }
+            report.rows += [Row(**r) for r in spark.measure(tree, limit_s, spark_env, ELT, PROJECT, log)]
 
         # (c) the naive dict path, on a sample
         plain = next(f for f in tree.files if f.suffix == ".jsonl" and "utterances" in str(f))

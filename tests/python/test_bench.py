@@ -29,6 +29,7 @@ def test_harness_runs_and_writes_its_report(tmp_path: Path, warehouse: object) -
             "1200",
             "--push-large-rows",
             "2500",
+            "--no-spark",  # Spark's start and builds: tested by test_spark.py, measured by `make bench`
             "--out",
             str(tmp_path / "out"),
             "--work",
