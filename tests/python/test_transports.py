@@ -1,7 +1,8 @@
 """The walker's guarantees through every transport: SFTP, the File Exporter API (emulator) and a mirror (local
 folder) serve the same tree, and each scenario must load the same rows, once: gating by _SUCCESS, a late
-_SUCCESS, splits and gzip, re-exports, schema evolution, rejects, a killed run re-run. And which transport a run
-uses: the one configured, --from, or one line asking for --from."""
+_SUCCESS, splits and gzip, re-exports, schema evolution, rejects, a killed run re-run; and staging must keep the
+same newest versions (ties, restatements). And which transport a run uses: the one configured, --from, or one
+line asking for --from."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from loaders import runtime
 from loaders.loads import load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
 from tests.python.helpers import ELT, PROJECT, Warehouse, elt, query, scalar
@@ -77,6 +79,38 @@ def test_a_re_export_is_loaded_again_by_a_rescan_and_a_new_column_lands(served: 
     got = query(warehouse, f"select issue_id, brand_new from asapp_raw.{FEED} order by _asapp_loaded_at, issue_id")
     assert got == [(1, None), (2, None), (1, "x"), (2, "x")]  # raw keeps both exports; the later one is loaded later
     assert load_asapp(rescan=True).feeds[FEED].partitions_loaded == 0
+
+
+def intent(issue: int, code: str, hour: int) -> dict[str, object]:
+    return {"issue_id": issue, "final_intent_code": code, "instance_ts": f"2026-11-01 {hour:02d}:00:00"}
+
+
+def test_staging_keeps_the_newest_version_and_a_restatement_wins(served: Served, warehouse: Warehouse) -> None:
+    """Through dbt: the ordering key decides, then the partition time, then the split; a partition re-exported
+    (other file names) supersedes its first load, incrementally as in a full refresh."""
+    model = f"stg_asapp__{FEED}"
+    staged = f"select issue_id, final_intent_code from staging.{model} order by 1"
+    # issue 1 ties within a partition (split 1 wins), 2 ties across partitions (the later one wins), 3 is decided
+    # by its ordering key (the earlier partition's later instance_ts wins)
+    first = write_partition(
+        served.root,
+        FEED,
+        T0,
+        [intent(1, "A", 10), intent(1, "B", 10), intent(2, "OLD", 10), intent(3, "X", 11)],
+        splits=2,
+    )
+    write_partition(served.root, FEED, T0 + timedelta(hours=1), [intent(2, "NEW", 10), intent(3, "Y", 9)])
+    load_asapp()
+    assert runtime.run_dbt(["build", "--select", model])
+    assert query(warehouse, staged) == [(1, "B"), (2, "NEW"), (3, "X")]
+    for f in first.iterdir():
+        f.unlink()
+    write_partition(served.root, FEED, T0, [intent(1, "B", 10), intent(3, "RESTATED", 11)], splits=3)
+    assert load_asapp(rescan=True).feeds[FEED].restated == [KEY]
+    assert runtime.run_dbt(["build", "--select", model])  # incremental
+    assert query(warehouse, staged) == [(1, "B"), (2, "NEW"), (3, "RESTATED")]
+    assert runtime.run_dbt(["build", "--select", model, "--full-refresh"])
+    assert query(warehouse, staged) == [(1, "B"), (2, "NEW"), (3, "RESTATED")]
 
 
 def test_bad_lines_go_to_rejects_and_the_rest_loads(served: Served, warehouse: Warehouse) -> None:
