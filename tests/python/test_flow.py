@@ -15,8 +15,12 @@ from loaders.sandbox.exports import CUSTOMERS, DEMO_FEEDS, generate_tree
 from tests.python.helpers import Warehouse, query, scalar
 
 
-@pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
-def test_whole_flow(exports: Path, warehouse: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def build_the_demo_day(
+    exports: Path, warehouse: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[object, object]:
+    """load asapp (a day of the demo's exports), load apsis, dbt build; then what every engine must have staged:
+    each feed deduplicated, the newest version of every re-exported intent, customers matched in the mart. The
+    staged intents (issue_id -> final_intent_code)."""
     tree = generate_tree(exports, days=1, issues_per_hour=6)
     load_asapp()
     with ApsisEmulator(tmp_path / "apsis", profiles=CUSTOMERS, polls_until_ready=1) as apsis_api:
@@ -29,12 +33,17 @@ def test_whole_flow(exports: Path, warehouse: Warehouse, tmp_path: Path, monkeyp
         raw = scalar(warehouse, f"select count(*) from asapp_raw.{feed}")
         staged = scalar(warehouse, f"select count(*) from staging.stg_asapp__{feed}")
         assert 0 < staged < raw, feed
-    # the newest version of every re-exported intent won, on this engine too
-    staged = dict(query(warehouse, "select issue_id, final_intent_code from staging.stg_asapp__convos_intents"))
-    expected = {k: v for k, v in tree.expected_intent.items() if k in staged}
-    assert staged == expected and len(staged) == 6 * 24
+    staged_intents = dict(query(warehouse, "select issue_id, final_intent_code from staging.stg_asapp__convos_intents"))
+    expected = {k: v for k, v in tree.expected_intent.items() if k in staged_intents}
+    assert staged_intents == expected and len(staged_intents) == 6 * 24
     statuses = dict(query(warehouse, "select status, count(*) from marts.customer_metadata group by status"))
     assert statuses.get("known", 0) + statuses.get("vip", 0) > 0
+    return staged_intents
+
+
+@pytest.mark.parametrize("warehouse", ["duckdb", "postgres"], indirect=True)
+def test_whole_flow(exports: Path, warehouse: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    build_the_demo_day(exports, warehouse, tmp_path, monkeypatch)
 
     with AsappApiEmulator() as asapp_api:
         for k, v in asapp_api.env().items():

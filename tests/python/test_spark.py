@@ -15,12 +15,12 @@ import pytest
 
 from loaders import contract, runtime
 from loaders.asapp_metadata import push
-from loaders.loads import load_apsis, load_asapp
-from loaders.sandbox.apsis_emulator import ApsisEmulator
+from loaders.loads import load_asapp
 from loaders.sandbox.asapp_api_emulator import AsappApiEmulator
-from loaders.sandbox.exports import CUSTOMERS, DEMO_FEEDS, generate_tree, write_partition
+from loaders.sandbox.exports import write_partition
 from tests.python import test_staging
 from tests.python.helpers import Warehouse, query, scalar
+from tests.python.test_flow import build_the_demo_day
 
 pytestmark = pytest.mark.parametrize("warehouse", ["spark"], indirect=True)
 
@@ -59,24 +59,7 @@ def columns(warehouse: Warehouse, table: str) -> list[str]:
 def test_whole_flow_twice(exports: Path, warehouse: Warehouse, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """load asapp, load apsis, build, push; then a later hour's export with a column the raw table lacks, load,
     build."""
-    tree = generate_tree(exports, days=1, issues_per_hour=6)
-    load_asapp()
-    with ApsisEmulator(tmp_path / "apsis", profiles=CUSTOMERS, polls_until_ready=1) as apsis_api:
-        for k, v in {**apsis_api.env(), "SOURCES__APSIS__POLL_INITIAL_INTERVAL": "0.01"}.items():
-            monkeypatch.setenv(k, v)
-        load_apsis(start_at="2026-10-25", end_at="2026-11-02")
-    assert runtime.run_dbt(["build"])
-
-    for feed in DEMO_FEEDS:
-        raw = scalar(warehouse, f"select count(*) from asapp_raw.{feed}")
-        staged = scalar(warehouse, f"select count(*) from staging.stg_asapp__{feed}")
-        assert 0 < staged < raw, feed
-    # the newest version of every re-exported intent won
-    staged = dict(query(warehouse, "select issue_id, final_intent_code from staging.stg_asapp__convos_intents"))
-    expected = {k: v for k, v in tree.expected_intent.items() if k in staged}
-    assert staged == expected and len(staged) == 6 * 24
-    statuses = dict(query(warehouse, "select status, count(*) from marts.customer_metadata group by status"))
-    assert statuses.get("known", 0) + statuses.get("vip", 0) > 0
+    staged = build_the_demo_day(exports, warehouse, tmp_path, monkeypatch)
     # every lineage column is kept in raw; feeds never exported stage as empty relations, the build passes
     assert {c.name for c in contract.STAGED_LINEAGE} <= set(columns(warehouse, "asapp_raw.convos_intents"))
     assert scalar(warehouse, "select count(*) from staging.stg_asapp__admin_activity") == 0
