@@ -50,10 +50,11 @@ class History:
         return self._landed.get((feed, whole), set())
 
     def _query_landed(self, feeds: list[str], whole: bool) -> None:
+        feeds = [f for f in feeds if f in self._tables]
+        if not feeds:
+            return  # no connection opened for nothing (a first run opened one per feed)
         with self._pipeline.sql_client() as client:
             for feed in feeds:
-                if feed not in self._tables:
-                    continue
                 max_dt = self._feeds_state.get(feed, {}).get("max_dt")
                 where = ""
                 if max_dt and not whole:

@@ -16,7 +16,7 @@ import paramiko
 import tenacity
 
 from loaders.asapp_sftp import settings
-from loaders.asapp_sftp.transports.base import FileChanged, TransportError, TransportUnreachable
+from loaders.asapp_sftp.transports.base import FileChanged, Target, TransportError, TransportUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +44,19 @@ MAX_PACKET_BYTES = 256 << 10
 def download(
     sftp: paramiko.SFTPClient,
     remote: str,
-    local: Path,
+    target: Target,
     request_bytes: int = settings.DEFAULT_READ_REQUEST_BYTES,
     listed: int | None = None,
 ) -> None:
     """The remote file into local, prefetched (many requests in flight, not one small read at a time) in requests of
     request_bytes: what paramiko's SFTPClient.get does, with larger requests (settings.DEFAULT_READ_REQUEST_BYTES),
     and the same size check at the end, against the size listed when the partition was planned too."""
-    with sftp.open(remote, "rb") as source, local.open("wb") as target:
+    with sftp.open(remote, "rb") as source, target.open() as local:
         source.MAX_REQUEST_SIZE = request_bytes  # paramiko's class default (32 KiB), read by its prefetch
         size = source.stat().st_size or 0
         source.prefetch(size)
-        shutil.copyfileobj(source, target, 1 << 20)
-    got = local.stat().st_size
+        shutil.copyfileobj(source, local, 1 << 20)
+    got = target.size()
     if got != size or (listed is not None and got != listed):
         was = f"listed {listed} bytes" if listed is not None else "listed"
         raise FileChanged(

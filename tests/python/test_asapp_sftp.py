@@ -14,6 +14,7 @@ import pytest
 from loaders import runtime
 from loaders.asapp_sftp import settings
 from loaders.asapp_sftp.connection import WINDOW_BYTES, connect_sftp, download
+from loaders.asapp_sftp.transports.base import Target
 from loaders.loads import ASAPP_DATASET, ASAPP_PIPELINE, load_asapp
 from loaders.sandbox.exports import partition_dir, write_partition
 from loaders.sandbox.openssh import Sshd
@@ -297,7 +298,7 @@ def test_downloads_read_in_large_requests_and_arrive_whole(sshd: Sshd, tmp_path:
     try:
         sftp = client.open_sftp()
         before = sftp.request_number
-        download(sftp, str(tmp_path / "remote.bin"), tmp_path / "local.bin")
+        download(sftp, str(tmp_path / "remote.bin"), Target(tmp_path / "local.bin"))
         requests = sftp.request_number - before
         sftp.close()
     finally:

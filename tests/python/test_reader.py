@@ -4,7 +4,10 @@ passes a file took to read, and a real sshd serves the partitions whose download
 from __future__ import annotations
 
 import gzip
+import io
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -18,7 +21,8 @@ import pytest
 
 from loaders.asapp_sftp.connection import RetryPolicy, SftpConnection, connect_sftp
 from loaders.asapp_sftp.listing import DataFile, Partition
-from loaders.asapp_sftp.reader import PartitionReader, reading_database
+from loaders.asapp_sftp.reader import PartitionReader, Scan, reading_database
+from loaders.asapp_sftp.transports.base import Target
 from loaders.asapp_sftp.transports.sftp import SftpTransport
 from loaders.sandbox.openssh import Sshd
 
@@ -227,3 +231,35 @@ def test_a_line_too_deep_among_nested_ones_of_a_uniform_file_is_found_and_reject
             assert [(r.line, r.error.split(":")[0]) for r in prepared.rejects] == ([(deep, "TooDeep")] if deep else [])
     finally:
         reader.close()
+
+
+def _counted(data: bytes, max_line_bytes: int) -> tuple[int, bool, int]:
+    """What a Scan must find, counted the plain way: lines, whether one is too long, `{` and `[`."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return len(lines), any(len(x) > max_line_bytes for x in lines), data.count(b"{") + data.count(b"[")
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 20])
+def test_a_scan_counts_the_same_however_the_bytes_are_cut(chunk: int) -> None:
+    data = b'{"a":[1,{"b":2}]}\n\n{"c":"' + b"x" * 90 + b'"}\n[]\n{"d":1}'  # the last line has no newline
+    for limit in (10, 100, 1000):
+        found = Scan(limit)
+        for i in range(0, len(data), chunk):
+            found.feed(data[i : i + chunk])
+        found.done()
+        assert (found.lines, found.long_line, found.openers) == _counted(data, limit), (chunk, limit)
+
+
+def test_a_download_is_scanned_as_it_is_written_and_anew_on_each_attempt(tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)  # bytes of every value: newlines, brackets, and long runs between them
+    found = Scan(1000)
+    target = Target(tmp_path / "file", found)
+    with target.open() as local:  # an attempt the connection dropped halfway
+        local.write(data[: 1 << 20])
+    with target.open() as local:  # the retry, from the start
+        shutil.copyfileobj(io.BytesIO(data), local, 1 << 20)
+    assert target.size() == len(data) and (tmp_path / "file").read_bytes() == data
+    found.done()
+    assert (found.lines, found.long_line, found.openers) == _counted(data, 1000)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import IO, Protocol, TypeVar
 
 import tenacity
 
@@ -85,6 +85,52 @@ class Entry:
     mtime: float | None = None
 
 
+class Watcher(Protocol):
+    """Sees a download's bytes as they are written (the walker's Scan)."""
+
+    def restart(self) -> None:
+        """Forget what was seen: the download starts over."""
+
+    def feed(self, chunk: bytes) -> None: ...
+
+
+class Target:
+    """The local file a download writes, and its watcher. Each attempt writes through open(), which empties the
+    file and restarts the watcher (a retried download starts over): the walker scans a file's bytes while they
+    are at hand instead of reading the file back from disk."""
+
+    def __init__(self, path: Path, watcher: Watcher | None = None) -> None:
+        self.path = path
+        self.watcher = watcher
+
+    def open(self) -> TargetFile:
+        if self.watcher is not None:
+            self.watcher.restart()
+        return TargetFile(self.path.open("wb"), self.watcher)
+
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+class TargetFile:
+    """A Target opened for one attempt: what shutil.copyfileobj and `with` use of a file."""
+
+    def __init__(self, file: IO[bytes], watcher: Watcher | None) -> None:
+        self._file = file
+        self._watcher = watcher
+
+    def write(self, chunk: bytes) -> int:
+        if self._watcher is not None:
+            self._watcher.feed(chunk)
+        return self._file.write(chunk)
+
+    def __enter__(self) -> TargetFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
 class Files(Protocol):
     """One transport's files, used from one thread at a time (the walker lists on one, each reader downloads on
     its own). Errors: FileNotFoundError or PermissionError for one path (the walker reports it and goes on),
@@ -92,8 +138,9 @@ class Files(Protocol):
 
     def listdir(self, path: str) -> list[Entry]: ...
 
-    def fetch(self, path: str, local: Path, size: int | None) -> None:
-        """The whole file into local; size: the size listed for it (checked when known)."""
+    def fetch(self, path: str, target: Target, size: int | None) -> None:
+        """The whole file into target, written through target.open() (each attempt anew); size: the size listed
+        for it (checked when known)."""
 
     def read(self, path: str, max_bytes: int) -> bytes:
         """The file's first max_bytes bytes at most (the caller asks one more than it accepts)."""

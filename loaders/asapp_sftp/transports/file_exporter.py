@@ -28,6 +28,7 @@ from loaders.asapp_sftp.transports.base import (
     Entry,
     FileChanged,
     Retry,
+    Target,
     TransportError,
     TransportUnreachable,
     retried,
@@ -235,13 +236,13 @@ class FileExporterFiles:
             f"or refused) on {self.t.where}"
         )
 
-    def fetch(self, path: str, local: Path, size: int | None) -> None:
+    def fetch(self, path: str, target: Target, size: int | None) -> None:
         def write(response: requests.Response) -> None:
             expected = response.headers.get("Content-Length")
-            with local.open("wb") as target:
+            with target.open() as local:
                 for chunk in response.iter_content(1 << 20):
-                    target.write(chunk)
-            got = local.stat().st_size
+                    local.write(chunk)
+            got = target.size()
             if (expected is not None and expected.isdigit() and got != int(expected)) or (
                 size is not None and got != size
             ):

@@ -5,9 +5,9 @@ AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws, an instance role): they are never se
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Callable
 from datetime import datetime, time
-from pathlib import Path
 from typing import Any, TypeVar
 
 import fsspec
@@ -15,7 +15,7 @@ from dlt.common.configuration import configspec, resolve_configuration
 from dlt.common.configuration.specs import BaseConfiguration
 
 from loaders.asapp_sftp import settings
-from loaders.asapp_sftp.transports.base import Entry, FileChanged, Retry, TransportError, retried
+from loaders.asapp_sftp.transports.base import Entry, FileChanged, Retry, Target, TransportError, retried
 
 log = logging.getLogger(__name__)
 
@@ -103,10 +103,11 @@ class MirrorFiles:
 
         return self._run(f"listing {path}", entries)
 
-    def fetch(self, path: str, local: Path, size: int | None) -> None:
+    def fetch(self, path: str, target: Target, size: int | None) -> None:
         def get() -> None:
-            self.fs.get_file(path, str(local))
-            got = local.stat().st_size
+            with self.fs.open(path, "rb") as source, target.open() as local:
+                shutil.copyfileobj(source, local, 1 << 20)
+            got = target.size()
             if size is not None and got != size:
                 raise FileChanged(f"downloaded {got} bytes, the mirror listed {size}: the file changed since")
 

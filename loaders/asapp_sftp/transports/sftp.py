@@ -6,7 +6,6 @@ from __future__ import annotations
 import stat
 from datetime import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from dlt.common.configuration import configspec, resolve_configuration
@@ -15,7 +14,7 @@ from dlt.common.typing import TSecretStrValue
 
 from loaders.asapp_sftp import settings
 from loaders.asapp_sftp.connection import RetryPolicy, SftpChannel, SftpConnection, connect_sftp, download
-from loaders.asapp_sftp.transports.base import Entry
+from loaders.asapp_sftp.transports.base import Entry, Target
 
 SECTION = "asapp_sftp"
 
@@ -69,10 +68,10 @@ class SftpFiles:
 
         return self.channel.run(f"listing {path}", entries)
 
-    def fetch(self, path: str, local: Path, size: int | None) -> None:
+    def fetch(self, path: str, target: Target, size: int | None) -> None:
         self.channel.run(
             f"downloading {path}",
-            partial(download, remote=path, local=local, request_bytes=self.read_request_bytes, listed=size),
+            partial(download, remote=path, target=target, request_bytes=self.read_request_bytes, listed=size),
         )
 
     def read(self, path: str, max_bytes: int) -> bytes:
