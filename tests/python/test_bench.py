@@ -19,6 +19,8 @@ def test_harness_runs_and_writes_its_report(tmp_path: Path, warehouse: object) -
             "3",
             "--repeat",
             "1",
+            "--load-pairs",
+            "1",
             "--history-days",
             "2",
             "--naive-rows",
