@@ -49,3 +49,12 @@ class AsappApiConfiguration(BaseConfiguration):
     base_url: str = None  # type: ignore[assignment]
     api_id: str = None  # type: ignore[assignment]
     api_secret: TSecretStrValue = None  # type: ignore[assignment]
+
+
+@configspec
+class AsappApiCredentials(BaseConfiguration):
+    """ASAPP's API id and secret alone, from the same `asapp_api` section (no base_url): the File Exporter API
+    falls back to them when its own SOURCES__ASAPP_FILE_EXPORTER__API_ID / __API_SECRET are unset."""
+
+    api_id: str | None = None
+    api_secret: TSecretStrValue | None = None
