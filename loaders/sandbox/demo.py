@@ -39,12 +39,13 @@ class DemoSummary:
     docs_path: Path
     seconds: float
     ok: bool
+    source: str = "sftp"  # the transport the ASAPP feeds came through
     feeds: dict[str, FeedCounts] = field(default_factory=dict)
     apsis: dict[str, tuple[int, int]] = field(default_factory=dict)  # table -> (raw rows, staged rows)
     push: Any = None  # PushStats of the push to the ASAPP API emulator
 
     def table(self) -> Table:
-        table = Table(title="elt demo")
+        table = Table(title=f"elt demo: the ASAPP feeds through {self.source}")
         for col in (
             "feed",
             "partitions loaded",
@@ -150,6 +151,7 @@ def run_demo(base: Path, days: int = 3, transport: str = "sftp") -> DemoSummary:
         runtime.project_dir() / target / "static_index.html",
         time.monotonic() - started,
         ok,
+        stats.source or transport,
     )
     with duckdb.connect(str(runtime.duckdb_path())) as con:  # dbt-duckdb keeps its own open
         for feed in DEMO_FEEDS:

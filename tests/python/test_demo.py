@@ -24,6 +24,7 @@ def test_demo_runs_the_whole_flow(tmp_path: Path, warehouse: Warehouse, transpor
     assert "elt push" in result.stdout  # the curated rows were pushed to the ASAPP API emulator
     db = DuckDbWarehouse(tmp_path / "demo" / "asapp.duckdb")
     printed = printed_feeds(result.stdout)
+    assert f"the ASAPP feeds through {transport}" in " ".join(result.stdout.split())  # the table's title
     for feed in DEMO_FEEDS:
         # every row came through the transport asked for (the sandbox serves the same tree through all three)
         assert query(db, f"select distinct _asapp_source from asapp_raw.{feed}") == [(transport,)], feed
