@@ -48,7 +48,7 @@ def download(
     request_bytes: int = settings.DEFAULT_READ_REQUEST_BYTES,
     listed: int | None = None,
 ) -> None:
-    """The remote file into local, prefetched (many requests in flight, not one small read at a time) in requests of
+    """The remote file into target, prefetched (many requests in flight, not one small read at a time) in requests of
     request_bytes: what paramiko's SFTPClient.get does, with larger requests (settings.DEFAULT_READ_REQUEST_BYTES),
     and the same size check at the end, against the size listed when the partition was planned too."""
     with sftp.open(remote, "rb") as source, target.open() as local:
