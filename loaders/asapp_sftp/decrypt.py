@@ -10,6 +10,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from loaders.asapp_sftp.transports.base import Target
+
 
 class DecryptorError(RuntimeError):
     """The decryptor is configured in a way that cannot work (the message says how to fix it)."""
@@ -48,10 +50,10 @@ class Decryptor:
             argv += ["--homedir", str(home)]
         return cls((*argv, "--decrypt"), passphrase=passphrase or None)
 
-    def decrypt(self, source: Path, target: Path, max_bytes: int | None = None) -> str | None:
-        """Decrypt source into target; what went wrong, or None. The plain bytes pass through here, counted: more
-        than max_bytes (OpenPGP compresses what it encrypts, so a small file may decrypt to a huge one) stops the
-        command and fails the file, so the disk a file takes stays bounded."""
+    def decrypt(self, source: Path, target: Target, max_bytes: int | None = None) -> str | None:
+        """Decrypt source into target (its watcher sees the plain bytes); what went wrong, or None. The plain bytes
+        pass through here, counted: more than max_bytes (OpenPGP compresses what it encrypts, so a small file may
+        decrypt to a huge one) stops the command and fails the file, so the disk a file takes stays bounded."""
         argv = list(self.command)
         read_end = None
         if self.passphrase is not None:
@@ -62,7 +64,7 @@ class Decryptor:
         too_large = False
         try:
             # stderr to a file: a command that says much there while its stdout is read cannot block on a full pipe
-            with source.open("rb") as src, target.open("wb") as dst, tempfile.TemporaryFile() as err:
+            with source.open("rb") as src, target.open() as dst, tempfile.TemporaryFile() as err:
                 command = subprocess.Popen(
                     argv, stdin=src, stdout=subprocess.PIPE, stderr=err, pass_fds=(read_end,) if read_end else ()
                 )
@@ -85,7 +87,7 @@ class Decryptor:
             if read_end is not None:
                 os.close(read_end)
         if too_large:
-            target.unlink(missing_ok=True)
+            target.path.unlink(missing_ok=True)
             return f"decrypts to more than {max_bytes} bytes (SOURCES__ASAPP_SFTP__MAX_INFLATED_BYTES)"
         if returncode != 0:
             said = " ".join(stderr.decode("utf-8", errors="replace").split())[-300:]

@@ -429,18 +429,19 @@ class PartitionReader:
             # matched the documented pattern, so they are safe in local names.
             local = local_dir / f"{i:04d}.{f.name}"
             remote = f"{partition.path}/{f.name}"
-            # a plain file is scanned as it downloads; the others once decrypted, or while they are inflated
-            scanned = None if f.gzip or f.encrypted else Scan(self.max_line_bytes)
+            # a plain file is scanned as it arrives, downloaded or decrypted (a gzip file while it is inflated)
+            scanned = Scan(self.max_line_bytes)
+            watcher = None if f.gzip else scanned
             try:
                 try:
-                    self.files.fetch(remote, Target(local, scanned), f.size)
+                    self.files.fetch(remote, Target(local, None if f.encrypted else watcher), f.size)
                 except FileNotFoundError as e:
                     return paths, scans, f"{f.name}: not found on the server (removed since it was listed?): {e}"
                 if f.encrypted:
                     if self.decryptor is None:  # listed as encrypted before download: not reached
                         return paths, scans, f"{f.name}: encrypted, and no decryptor is configured"
                     plain = local.with_name(local.name.removesuffix(".enc"))
-                    why = self.decryptor.decrypt(local, plain, self.max_inflated_bytes)
+                    why = self.decryptor.decrypt(local, Target(plain, watcher), self.max_inflated_bytes)
                     local.unlink()
                     local = plain
                     if why:
@@ -450,7 +451,7 @@ class PartitionReader:
                     if why or found is None:
                         return paths, scans, f"{f.name}: {why}"
                 else:
-                    found = scanned.done() if scanned is not None else scan(local, self.max_line_bytes)
+                    found = scanned.done()
             except TransportError:
                 raise  # the server stayed away, or is refused: the run stops
             except Exception as e:  # this file's alone (gone, changed, local disk full): its partition fails

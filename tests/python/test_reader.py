@@ -20,6 +20,7 @@ import pyarrow as pa
 import pytest
 
 from loaders.asapp_sftp.connection import RetryPolicy, SftpConnection, connect_sftp
+from loaders.asapp_sftp.decrypt import Decryptor
 from loaders.asapp_sftp.listing import DataFile, Partition
 from loaders.asapp_sftp.reader import PartitionReader, Scan, reading_database
 from loaders.asapp_sftp.transports.base import Target
@@ -261,5 +262,16 @@ def test_a_download_is_scanned_as_it_is_written_and_anew_on_each_attempt(tmp_pat
     with target.open() as local:  # the retry, from the start
         shutil.copyfileobj(io.BytesIO(data), local, 1 << 20)
     assert target.size() == len(data) and (tmp_path / "file").read_bytes() == data
+    found.done()
+    assert (found.lines, found.long_line, found.openers) == _counted(data, 1000)
+
+
+def test_a_decrypted_file_is_scanned_as_it_is_decrypted(tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)
+    (tmp_path / "file.enc").write_bytes(data)
+    found = Scan(1000)
+    # cat: a streaming command whose plain bytes are the ones sent, as the hostile-records tests decrypt
+    assert Decryptor(("cat",)).decrypt(tmp_path / "file.enc", Target(tmp_path / "file", found)) is None
+    assert (tmp_path / "file").read_bytes() == data
     found.done()
     assert (found.lines, found.long_line, found.openers) == _counted(data, 1000)
